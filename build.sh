@@ -1,0 +1,95 @@
+#!/usr/bin/env bash
+# Build, serve and test the in-browser chest X-ray classifier.
+#
+#   ./build.sh               build dist/: the wasm crate in release + the static site
+#   ./build.sh serve [PORT]  build, then serve dist/ on http://127.0.0.1:PORT/ (default 8080)
+#   ./build.sh test          every test: native cargo tests, the wasm build, browser tests
+#
+# Installs what it needs on a fresh machine: the wasm32 Rust target, wasm-bindgen-cli at the
+# version in Cargo.lock, npm packages (binaryen's wasm-opt, playwright-core) and, for the browser
+# tests, Debian's Chromium. Set CARGO_TARGET_DIR to keep build outputs outside the checkout.
+set -euo pipefail
+cd "$(dirname "$0")"
+ROOT=$PWD
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
+WASM_TARGET=wasm32-unknown-unknown
+DIST="$ROOT/dist"
+
+log() { printf '\n==> %s\n' "$*" >&2; }
+
+ensure_wasm_tools() {
+  if ! rustup target list --installed | grep -qx "$WASM_TARGET"; then
+    log "installing the Rust target $WASM_TARGET"
+    rustup target add "$WASM_TARGET"
+  fi
+  local want have
+  want=$(awk '/^name = "wasm-bindgen"$/ { getline; gsub(/"/, "", $3); print $3; exit }' Cargo.lock)
+  have=$(wasm-bindgen --version 2>/dev/null | awk '{print $2}' || true)
+  if [ "$have" != "$want" ]; then
+    log "installing wasm-bindgen-cli $want (the version in Cargo.lock)"
+    cargo install --locked wasm-bindgen-cli --version "$want"
+  fi
+}
+
+ensure_npm() {
+  if [ ! -x node_modules/.bin/wasm-opt ] || [ ! -d node_modules/playwright-core ]; then
+    log "installing npm packages (binaryen, playwright-core)"
+    npm ci --no-audit --no-fund
+  fi
+}
+
+ensure_chromium() {
+  if ! command -v chromium >/dev/null 2>&1; then
+    log "installing Debian's chromium for the browser tests"
+    if [ "$(id -u)" = 0 ]; then
+      apt-get update -qq && apt-get install -y -qq chromium >/dev/null
+    else
+      sudo apt-get update -qq && sudo apt-get install -y -qq chromium >/dev/null
+    fi
+  fi
+}
+
+build() {
+  ensure_wasm_tools
+  ensure_npm
+  log "building the wasm crate (release)"
+  # simd128 speeds up the CPU backend in the browser; every current browser has it.
+  CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUSTFLAGS="-C target-feature=+simd128" \
+    cargo build --lib --locked --target "$WASM_TARGET" --profile wasm-release --features wgpu
+  rm -rf "$DIST"
+  mkdir -p "$DIST/pkg"
+  wasm-bindgen --target web --no-typescript --out-dir "$DIST/pkg" \
+    "$CARGO_TARGET_DIR/$WASM_TARGET/wasm-release/cxr.wasm"
+  log "optimising the wasm (wasm-opt -Oz)"
+  node_modules/.bin/wasm-opt -Oz --enable-simd --enable-bulk-memory --enable-sign-ext \
+    --enable-mutable-globals --enable-nontrapping-float-to-int --enable-reference-types \
+    --enable-multivalue "$DIST/pkg/cxr_bg.wasm" -o "$DIST/pkg/cxr_bg.wasm"
+  cp -r www/. "$DIST/"
+  local raw br
+  raw=$(stat -c %s "$DIST/pkg/cxr_bg.wasm")
+  br=$(node -e "const z=require('zlib');process.stdout.write(String(z.brotliCompressSync(require('fs').readFileSync(process.argv[1])).length))" "$DIST/pkg/cxr_bg.wasm")
+  log "dist/ ready: cxr_bg.wasm $raw bytes ($br bytes brotli)"
+}
+
+serve() {
+  local port=${1:-8080}
+  build
+  log "serving dist/ at http://127.0.0.1:$port/ (Ctrl+C to stop)"
+  exec python3 -m http.server "$port" --bind 127.0.0.1 --directory "$DIST"
+}
+
+run_tests() {
+  log "native tests (cargo test --release --workspace)"
+  cargo test --release --locked --workspace
+  build
+  ensure_chromium
+  log "browser tests (headless Chromium)"
+  node --test tests/browser/
+}
+
+case "${1:-build}" in
+  build) build ;;
+  serve) shift; serve "$@" ;;
+  test) run_tests ;;
+  *) echo "usage: $0 [build | serve [PORT] | test]" >&2; exit 2 ;;
+esac

@@ -1,0 +1,203 @@
+//! Inference: a loaded model with its description, from file bytes to a [`Prediction`].
+//! The same code runs in the trainer's `predict`/`evaluate` and in the browser.
+
+use burn::module::Module;
+use burn::tensor::{Device, Tensor, TensorData};
+use serde::Serialize;
+
+use crate::error::CxrError;
+use crate::model::ResNet;
+use crate::preprocess::{Preprocessed, preprocess};
+use crate::weights::{self, ModelInfo};
+
+/// The result for one image.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Prediction {
+    /// Probability of effusion (softmax of the two logits).
+    pub probability: f32,
+    /// `effusion` when `probability >= threshold`, else `nofinding`.
+    pub label: String,
+    pub threshold: f32,
+    /// `[no finding, effusion]`.
+    pub logits: [f32; 2],
+    /// The effusion CAM, `cam_size * cam_size` values in `[0, 1]`, row-major.
+    #[serde(skip)]
+    pub cam: Vec<f32>,
+    pub cam_size: usize,
+    pub original_width: usize,
+    pub original_height: usize,
+}
+
+/// Softmax probability of class 1 from two logits.
+pub fn effusion_probability(logits: [f32; 2]) -> f32 {
+    1.0 / (1.0 + (logits[0] - logits[1]).exp())
+}
+
+/// A model ready to classify.
+#[derive(Debug)]
+pub struct Classifier {
+    model: ResNet,
+    info: ModelInfo,
+    device: Device,
+}
+
+impl Classifier {
+    /// Wrap a model in inference mode.
+    pub fn new(model: ResNet, info: ModelInfo, device: Device) -> Self {
+        Self {
+            model: model.valid(),
+            info,
+            device,
+        }
+    }
+
+    /// Load a `.cxrw` weight file's bytes onto `device`.
+    pub fn from_bytes(bytes: &[u8], device: &Device) -> Result<Self, CxrError> {
+        let (model, info) = weights::decode(bytes, device)?;
+        Ok(Self::new(model, info, device.clone()))
+    }
+
+    /// The model embedded in this crate.
+    pub fn embedded(device: &Device) -> Result<Self, CxrError> {
+        Self::from_bytes(crate::embedded::MODEL, device)
+    }
+
+    pub fn info(&self) -> &ModelInfo {
+        &self.info
+    }
+
+    pub fn model(&self) -> &ResNet {
+        &self.model
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// Decode and preprocess a file for this model.
+    pub fn preprocess(&self, bytes: &[u8]) -> Result<Preprocessed, CxrError> {
+        Ok(preprocess(bytes, self.info.input_size)?)
+    }
+
+    fn input(&self, images: &[&[f32]]) -> Tensor<4> {
+        let s = self.info.input_size;
+        let mut flat = Vec::with_capacity(images.len() * s * s);
+        for image in images {
+            assert_eq!(image.len(), s * s, "input is not {s}x{s}");
+            flat.extend_from_slice(image);
+        }
+        Tensor::from_data(TensorData::new(flat, [images.len(), 1, s, s]), &self.device)
+    }
+
+    /// Run the model with CAM on a preprocessed image; returns the tensors still on the device
+    /// (read them with [`Self::finish`], or asynchronously in the browser).
+    pub fn run(&self, input: &Preprocessed) -> (Tensor<2>, Tensor<3>) {
+        self.model.forward_with_cam(self.input(&[&input.pixels]))
+    }
+
+    /// Build the prediction from the logits and CAM read back from the device.
+    pub fn finish(
+        &self,
+        input: &Preprocessed,
+        logits: TensorData,
+        cam: TensorData,
+    ) -> Result<Prediction, CxrError> {
+        let logits = logits
+            .try_to_vec::<f32>()
+            .map_err(|e| CxrError::Inference(format!("{e:?}")))?;
+        let cam = cam
+            .try_to_vec::<f32>()
+            .map_err(|e| CxrError::Inference(format!("{e:?}")))?;
+        if logits.len() != 2 || logits.iter().any(|v| !v.is_finite()) {
+            return Err(CxrError::Inference(format!("unexpected logits {logits:?}")));
+        }
+        let logits = [logits[0], logits[1]];
+        let probability = effusion_probability(logits);
+        let threshold = self.info.threshold;
+        Ok(Prediction {
+            probability,
+            label: self.info.class_names[usize::from(probability >= threshold)].clone(),
+            threshold,
+            logits,
+            cam,
+            cam_size: self.info.input_size,
+            original_width: input.original_width,
+            original_height: input.original_height,
+        })
+    }
+
+    /// Classify one file (synchronous; CPU backends and native use).
+    pub fn classify(&self, bytes: &[u8]) -> Result<Prediction, CxrError> {
+        let input = self.preprocess(bytes)?;
+        let (logits, cam) = self.run(&input);
+        self.finish(&input, logits.into_data(), cam.into_data())
+    }
+
+    /// Logits `[no finding, effusion]` for a batch of preprocessed images (no CAM).
+    pub fn logits(&self, images: &[&[f32]]) -> Vec<[f32; 2]> {
+        if images.is_empty() {
+            return Vec::new();
+        }
+        let out = self.model.forward(self.input(images));
+        let values = out.into_data().try_to_vec::<f32>().unwrap_or_default();
+        values.chunks_exact(2).map(|c| [c[0], c[1]]).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::ResNetConfig;
+    use image::{DynamicImage, ImageBuffer, ImageFormat, Luma};
+
+    fn tiny_classifier(size: usize) -> Classifier {
+        let device = Device::flex();
+        let arch = ResNetConfig {
+            in_channels: 1,
+            stem_width: 4,
+            widths: vec![4, 8],
+            depths: vec![1, 1],
+            num_classes: 2,
+        };
+        let mut info = ModelInfo::new("tiny", arch.clone());
+        info.input_size = size;
+        Classifier::new(arch.init(&device), info, device)
+    }
+
+    fn png(w: u32, h: u32) -> Vec<u8> {
+        let img = DynamicImage::ImageLuma8(ImageBuffer::from_fn(w, h, |x, y| Luma([((x * 7 + y * 3) % 251) as u8])));
+        let mut out = std::io::Cursor::new(Vec::new());
+        img.write_to(&mut out, ImageFormat::Png).unwrap();
+        out.into_inner()
+    }
+
+    #[test]
+    fn probability_is_the_softmax_of_the_logits() {
+        assert_eq!(effusion_probability([0.0, 0.0]), 0.5);
+        let p = effusion_probability([1.0, 3.0]);
+        let e = 3f32.exp() / (1f32.exp() + 3f32.exp());
+        assert!((p - e).abs() < 1e-6);
+        assert!(effusion_probability([-1000.0, 1000.0]) == 1.0);
+    }
+
+    #[test]
+    fn classify_gives_a_full_prediction() {
+        let c = tiny_classifier(32);
+        let p = c.classify(&png(50, 40)).unwrap();
+        assert!((0.0..=1.0).contains(&p.probability));
+        assert_eq!(p.label == "effusion", p.probability >= p.threshold);
+        assert_eq!(p.cam.len(), 32 * 32);
+        assert_eq!((p.original_width, p.original_height), (50, 40));
+        assert!((p.probability - effusion_probability(p.logits)).abs() < 1e-6);
+        let batch = c.logits(&[&c.preprocess(&png(50, 40)).unwrap().pixels]);
+        assert!((batch[0][0] - p.logits[0]).abs() < 1e-4 && (batch[0][1] - p.logits[1]).abs() < 1e-4);
+    }
+
+    #[test]
+    fn bad_input_is_an_error_not_a_panic() {
+        let c = tiny_classifier(32);
+        let err = c.classify(b"").unwrap_err();
+        assert_eq!(err.code(), "empty");
+        assert_eq!(c.classify(b"definitely not an image").unwrap_err().code(), "unsupported_format");
+    }
+}

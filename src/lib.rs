@@ -1,0 +1,25 @@
+//! Chest X-ray pleural-effusion classifier: one crate for the trainer (native) and the page (wasm).
+//!
+//! - [`preprocess`]: file bytes → normalised model input (the one path everything uses).
+//! - [`model`]: the ResNet and its class activation map.
+//! - [`weights`]: the `.cxrw` weight file (model + description).
+//! - [`classifier`]: inference from bytes to a [`classifier::Prediction`].
+//! - [`saliency`]: heat maps and overlays of the CAM.
+//! - [`embedded`]: the default model compiled into the crate.
+//! - `web` (wasm only): the wasm-bindgen surface of the page.
+
+pub mod classifier;
+pub mod embedded;
+pub mod error;
+pub mod model;
+pub mod preprocess;
+pub mod saliency;
+pub mod weights;
+
+#[cfg(target_family = "wasm")]
+pub mod web;
+
+pub use classifier::{Classifier, Prediction};
+pub use error::{CxrError, ImageError, WeightsError};
+pub use model::{ResNet, ResNetConfig};
+pub use weights::ModelInfo;

@@ -1,0 +1,355 @@
+//! A ResNet of BasicBlocks for one-channel X-rays, with a class activation map (CAM) for the
+//! effusion class computed from the same forward pass.
+
+use burn::module::{Initializer, Module};
+use burn::nn::conv::{Conv2d, Conv2dConfig};
+use burn::nn::pool::{MaxPool2d, MaxPool2dConfig};
+use burn::nn::{BatchNorm, BatchNormConfig, Linear, LinearConfig, PaddingConfig2d};
+use burn::tensor::module::interpolate;
+use burn::tensor::ops::{InterpolateMode, InterpolateOptions};
+use burn::tensor::{Device, Tensor, activation::relu, s};
+use serde::{Deserialize, Serialize};
+
+/// Index of the "no finding" logit.
+pub const CLASS_NO_FINDING: usize = 0;
+/// Index of the "effusion" logit.
+pub const CLASS_EFFUSION: usize = 1;
+
+/// The architecture: stem width, then one stage per entry of `widths`/`depths`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResNetConfig {
+    /// Input channels (1 for greyscale X-rays).
+    pub in_channels: usize,
+    /// Channels of the 7x7 stem convolution.
+    pub stem_width: usize,
+    /// Channels of each stage; every stage after the first halves the resolution.
+    pub widths: Vec<usize>,
+    /// BasicBlocks in each stage.
+    pub depths: Vec<usize>,
+    /// Output logits (2: no finding, effusion).
+    pub num_classes: usize,
+}
+
+impl Default for ResNetConfig {
+    fn default() -> Self {
+        Self::resnet18()
+    }
+}
+
+impl ResNetConfig {
+    /// The ResNet-18 layout: stages of 2 BasicBlocks, widths 64-128-256-512.
+    pub fn resnet18() -> Self {
+        Self {
+            in_channels: 1,
+            stem_width: 64,
+            widths: vec![64, 128, 256, 512],
+            depths: vec![2, 2, 2, 2],
+            num_classes: 2,
+        }
+    }
+
+    /// The same layout with every width multiplied by `factor` (0.5 = half width), at least 4.
+    pub fn with_width(mut self, factor: f64) -> Self {
+        let scale = |w: usize| ((w as f64 * factor).round() as usize).max(4);
+        self.stem_width = scale(self.stem_width);
+        self.widths = self.widths.iter().map(|&w| scale(w)).collect();
+        self
+    }
+
+    /// Check that the description can be built.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.in_channels == 0 || self.stem_width == 0 || self.num_classes < 2 {
+            return Err("in_channels and stem_width must be positive, num_classes at least 2".into());
+        }
+        if self.widths.is_empty() || self.widths.len() != self.depths.len() {
+            return Err(format!(
+                "widths ({}) and depths ({}) must be non-empty and of the same length",
+                self.widths.len(),
+                self.depths.len()
+            ));
+        }
+        if self.widths.contains(&0) || self.depths.contains(&0) {
+            return Err("every stage needs a positive width and depth".into());
+        }
+        if self.widths.iter().chain(&self.depths).any(|&v| v > 4096) {
+            return Err("stage widths and depths must be at most 4096".into());
+        }
+        Ok(())
+    }
+
+    /// Width of the last stage: the features the head and the CAM read.
+    pub fn feature_width(&self) -> usize {
+        *self.widths.last().unwrap_or(&self.stem_width)
+    }
+
+    /// Total downsampling factor from input to last-stage features.
+    pub fn stride(&self) -> usize {
+        4 << self.widths.len().saturating_sub(1)
+    }
+
+    /// Build a freshly initialised model (Kaiming-normal convolutions, as torchvision does).
+    pub fn init(&self, device: &Device) -> ResNet {
+        let conv1 = conv(self.in_channels, self.stem_width, 7, 2, 3, device);
+        let bn1 = BatchNormConfig::new(self.stem_width).init(device);
+        let maxpool = MaxPool2dConfig::new([3, 3])
+            .with_strides([2, 2])
+            .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
+            .init();
+        let mut in_width = self.stem_width;
+        let mut stages = Vec::with_capacity(self.widths.len());
+        for (i, (&width, &depth)) in self.widths.iter().zip(&self.depths).enumerate() {
+            let stride = if i == 0 { 1 } else { 2 };
+            let blocks = (0..depth)
+                .map(|b| {
+                    let block = BasicBlock::new(in_width, width, if b == 0 { stride } else { 1 }, device);
+                    in_width = width;
+                    block
+                })
+                .collect();
+            stages.push(Stage { blocks });
+        }
+        let head = LinearConfig::new(in_width, self.num_classes).init(device);
+        ResNet {
+            conv1,
+            bn1,
+            maxpool,
+            stages,
+            head,
+        }
+    }
+}
+
+fn conv(cin: usize, cout: usize, k: usize, stride: usize, pad: usize, device: &Device) -> Conv2d {
+    Conv2dConfig::new([cin, cout], [k, k])
+        .with_stride([stride, stride])
+        .with_padding(PaddingConfig2d::Explicit(pad, pad, pad, pad))
+        .with_bias(false)
+        .with_initializer(Initializer::KaimingNormal {
+            gain: std::f64::consts::SQRT_2,
+            fan_out_only: true,
+        })
+        .init(device)
+}
+
+/// 1x1 convolution + BatchNorm on the shortcut when the shape changes.
+#[derive(Module, Debug)]
+pub struct Downsample {
+    conv: Conv2d,
+    bn: BatchNorm,
+}
+
+/// Two 3x3 convolutions with BatchNorm and a residual connection.
+#[derive(Module, Debug)]
+pub struct BasicBlock {
+    conv1: Conv2d,
+    bn1: BatchNorm,
+    conv2: Conv2d,
+    bn2: BatchNorm,
+    downsample: Option<Downsample>,
+}
+
+impl BasicBlock {
+    fn new(cin: usize, cout: usize, stride: usize, device: &Device) -> Self {
+        let downsample = (stride != 1 || cin != cout).then(|| Downsample {
+            conv: conv(cin, cout, 1, stride, 0, device),
+            bn: BatchNormConfig::new(cout).init(device),
+        });
+        Self {
+            conv1: conv(cin, cout, 3, stride, 1, device),
+            bn1: BatchNormConfig::new(cout).init(device),
+            conv2: conv(cout, cout, 3, 1, 1, device),
+            bn2: BatchNormConfig::new(cout).init(device),
+            downsample,
+        }
+    }
+
+    fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        let identity = match &self.downsample {
+            Some(d) => d.bn.forward(d.conv.forward(x.clone())),
+            None => x.clone(),
+        };
+        let out = relu(self.bn1.forward(self.conv1.forward(x)));
+        let out = self.bn2.forward(self.conv2.forward(out));
+        relu(out + identity)
+    }
+}
+
+/// One resolution level of BasicBlocks.
+#[derive(Module, Debug)]
+pub struct Stage {
+    blocks: Vec<BasicBlock>,
+}
+
+/// The classifier: stem, stages, global average pooling, linear head.
+#[derive(Module, Debug)]
+pub struct ResNet {
+    conv1: Conv2d,
+    bn1: BatchNorm,
+    maxpool: MaxPool2d,
+    stages: Vec<Stage>,
+    head: Linear,
+}
+
+impl ResNet {
+    /// Last-stage feature maps `[batch, channels, h, w]` for input `[batch, 1, H, W]`.
+    pub fn features(&self, x: Tensor<4>) -> Tensor<4> {
+        let x = relu(self.bn1.forward(self.conv1.forward(x)));
+        let mut x = self.maxpool.forward(x);
+        for stage in &self.stages {
+            for block in &stage.blocks {
+                x = block.forward(x);
+            }
+        }
+        x
+    }
+
+    /// Logits `[batch, classes]` from last-stage features.
+    pub fn classify_features(&self, features: Tensor<4>) -> Tensor<2> {
+        let [b, c, _, _] = features.dims();
+        let pooled = features.mean_dim(3).mean_dim(2).reshape([b, c]);
+        self.head.forward(pooled)
+    }
+
+    /// Logits `[batch, classes]` (0 = no finding, 1 = effusion).
+    pub fn forward(&self, x: Tensor<4>) -> Tensor<2> {
+        self.classify_features(self.features(x))
+    }
+
+    /// Logits and the effusion CAM `[batch, H, W]` in `[0, 1]` at the input's resolution,
+    /// from one pass.
+    pub fn forward_with_cam(&self, x: Tensor<4>) -> (Tensor<2>, Tensor<3>) {
+        let [b, _, h, w] = x.dims();
+        let features = self.features(x);
+        let logits = self.classify_features(features.clone());
+        let cam = self.class_activation(features);
+        let up = interpolate(
+            cam,
+            InterpolateOptions::new(InterpolateMode::Bilinear)
+                .with_align_corners(false)
+                .with_output_size([h, w]),
+        );
+        (logits, up.reshape([b, h, w]))
+    }
+
+    /// Per-channel weight of the effusion-vs-no-finding decision: `w[:, 1] - w[:, 0]`, `[channels]`.
+    pub fn cam_weights(&self) -> Tensor<1> {
+        let weight = self.head.weight.val(); // [in, out]
+        let [c, _] = weight.dims();
+        let diff = weight.clone().slice(s![.., CLASS_EFFUSION]) - weight.slice(s![.., CLASS_NO_FINDING]);
+        diff.reshape([c])
+    }
+
+    /// CAM at feature resolution `[batch, 1, h, w]`: features weighted by [`Self::cam_weights`],
+    /// summed over channels, ReLU, divided by each image's maximum (all zeros stay zero).
+    pub fn class_activation(&self, features: Tensor<4>) -> Tensor<4> {
+        let [b, c, h, w] = features.dims();
+        let weights = self.cam_weights().reshape([1, c, 1, 1]);
+        let cam = relu((features * weights).sum_dim(1)); // [b, 1, h, w]
+        let max = cam.clone().reshape([b, h * w]).max_dim(1).reshape([b, 1, 1, 1]);
+        cam / (max + 1e-12)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::tensor::Distribution;
+
+    fn tiny() -> ResNetConfig {
+        ResNetConfig {
+            in_channels: 1,
+            stem_width: 4,
+            widths: vec![4, 6],
+            depths: vec![1, 1],
+            num_classes: 2,
+        }
+    }
+
+    fn input(b: usize, size: usize, device: &Device) -> Tensor<4> {
+        Tensor::random([b, 1, size, size], Distribution::Uniform(0.0, 1.0), device)
+    }
+
+    #[test]
+    fn resnet18_has_its_parameter_count() {
+        let device = Device::flex();
+        let model = ResNetConfig::resnet18().init(&device);
+        // torchvision's resnet18 has 11,689,512 parameters with a 3-channel stem and 1000 classes;
+        // ours: stem 1 channel (-2*64*49 = -6,272), head 2 classes (-998*513 = -511,974). BatchNorm
+        // running statistics are not parameters in torchvision's count but are in burn's (+9,600).
+        assert_eq!(model.num_params(), 11_689_512 - 6_272 - 511_974 + 9_600);
+    }
+
+    #[test]
+    fn shapes_of_forward_and_cam() {
+        let device = Device::flex();
+        let model = tiny().init(&device);
+        let x = input(3, 64, &device);
+        assert_eq!(model.forward(x.clone()).dims(), [3, 2]);
+        assert_eq!(model.features(x.clone()).dims(), [3, 6, 8, 8]);
+        assert_eq!(tiny().stride(), 8);
+        let (logits, cam) = model.forward_with_cam(x);
+        assert_eq!(logits.dims(), [3, 2]);
+        assert_eq!(cam.dims(), [3, 64, 64]);
+        let values = cam.into_data().try_to_vec::<f32>().unwrap();
+        assert!(values.iter().all(|v| (-1e-6..=1.0 + 1e-6).contains(v)));
+    }
+
+    #[test]
+    fn cam_equals_the_weighted_sum_computed_by_hand() {
+        let device = Device::flex();
+        let model = tiny().init(&device);
+        let x = input(2, 48, &device);
+        let features = model.features(x);
+        let [b, c, h, w] = features.dims();
+        let f = features.to_data().try_to_vec::<f32>().unwrap();
+        let head = model.head.weight.val().into_data().try_to_vec::<f32>().unwrap(); // [c, 2]
+        let got = model
+            .class_activation(features)
+            .into_data()
+            .try_to_vec::<f32>()
+            .unwrap();
+        for bi in 0..b {
+            let mut raw = vec![0f32; h * w];
+            for (p, r) in raw.iter_mut().enumerate() {
+                for ci in 0..c {
+                    *r += f[((bi * c) + ci) * h * w + p] * (head[ci * 2 + 1] - head[ci * 2]);
+                }
+                *r = r.max(0.0);
+            }
+            let max = raw.iter().cloned().fold(0f32, f32::max);
+            for p in 0..h * w {
+                let expected = raw[p] / (max + 1e-12);
+                let actual = got[bi * h * w + p];
+                assert!((expected - actual).abs() < 1e-4, "b{bi} p{p}: {expected} vs {actual}");
+            }
+        }
+    }
+
+    #[test]
+    fn cam_mean_matches_the_logit_difference() {
+        // Without ReLU and scaling, the CAM's spatial mean plus the bias difference is exactly
+        // logit(effusion) - logit(no finding): the map explains the decision it is shown with.
+        let device = Device::flex();
+        let model = tiny().init(&device);
+        let x = input(1, 32, &device);
+        let features = model.features(x);
+        let [_, c, _, _] = features.dims();
+        let logits = model.classify_features(features.clone()).into_data().try_to_vec::<f32>().unwrap();
+        let raw = (features * model.cam_weights().reshape([1, c, 1, 1])).sum_dim(1).mean();
+        let bias = model.head.bias.as_ref().unwrap().val().into_data().try_to_vec::<f32>().unwrap();
+        let raw: f32 = raw.into_scalar();
+        let diff = logits[1] - logits[0];
+        assert!((raw + bias[1] - bias[0] - diff).abs() < 1e-4, "{raw} vs {diff}");
+    }
+
+    #[test]
+    fn width_scaling_and_validation() {
+        let half = ResNetConfig::resnet18().with_width(0.5);
+        assert_eq!(half.widths, vec![32, 64, 128, 256]);
+        assert_eq!(half.stem_width, 32);
+        assert!(half.validate().is_ok());
+        let mut bad = ResNetConfig::resnet18();
+        bad.depths.pop();
+        assert!(bad.validate().is_err());
+    }
+}

@@ -1,0 +1,192 @@
+//! The wasm-bindgen surface of the page: a thin boundary over [`crate::Classifier`]. Errors
+//! become JS `Error`s carrying the same user-facing messages as the native tools.
+//!
+//! JS calls `init(backend)` once (it initialises the backend, loads the embedded weights and
+//! warms the model up), then `classify(bytes)` for each file. Everything runs in a Web Worker, so
+//! the page stays responsive.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+
+use burn::tensor::Device;
+use serde::Serialize;
+use wasm_bindgen::prelude::*;
+
+use crate::classifier::Classifier;
+use crate::error::CxrError;
+use crate::preprocess::{decode, preprocess_luma, preview};
+use crate::saliency::heatmap_rgba;
+
+/// Largest side of the image shown on the page.
+const PREVIEW_SIDE: usize = 1024;
+
+struct State {
+    classifier: Rc<Classifier>,
+    backend: String,
+}
+
+thread_local! {
+    static STATE: RefCell<Option<State>> = const { RefCell::new(None) };
+}
+
+fn js_error(e: impl std::fmt::Display) -> JsError {
+    JsError::new(&e.to_string())
+}
+
+fn now_ms() -> f64 {
+    js_sys::Date::now()
+}
+
+#[wasm_bindgen(start)]
+pub fn start() {
+    console_error_panic_hook::set_once();
+}
+
+/// Result of `classify`, as a plain JS object.
+#[derive(Serialize)]
+struct WebPrediction {
+    probability: f32,
+    label: String,
+    threshold: f32,
+    logits: [f32; 2],
+    cam_size: usize,
+    #[serde(with = "serde_bytes_compat")]
+    heatmap: Vec<u8>,
+    original_width: usize,
+    original_height: usize,
+    #[serde(with = "serde_bytes_compat")]
+    preview: Vec<u8>,
+    preview_width: usize,
+    preview_height: usize,
+    timings: Timings,
+    backend: String,
+}
+
+/// Serialise bytes as a `Uint8Array` rather than an array of numbers.
+mod serde_bytes_compat {
+    pub fn serialize<S: serde::Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(bytes)
+    }
+}
+
+#[derive(Serialize, Default)]
+struct Timings {
+    preprocess_ms: f64,
+    inference_ms: f64,
+    saliency_ms: f64,
+    total_ms: f64,
+}
+
+async fn device_for(backend: &str) -> Result<(Device, String), JsError> {
+    match backend {
+        #[cfg(feature = "wgpu")]
+        "webgpu" => {
+            let device = Device::wgpu_options()
+                .init_async()
+                .await
+                .map_err(|e| js_error(format!("WebGPU could not be initialised: {e:?}")))?;
+            Ok((device, "webgpu".into()))
+        }
+        "cpu" => Ok((Device::flex(), "cpu".into())),
+        other => Err(js_error(format!("unknown or unavailable backend `{other}` (use webgpu or cpu)"))),
+    }
+}
+
+async fn run(classifier: &Classifier, bytes: &[u8], backend: &str) -> Result<WebPrediction, CxrError> {
+    let t0 = now_ms();
+    let image = decode(bytes)?;
+    let input = preprocess_luma(&image, classifier.info().input_size)?;
+    let (preview_width, preview_height, preview) = preview(&image, PREVIEW_SIDE)?;
+    drop(image);
+    let t1 = now_ms();
+    let (logits, cam) = classifier.run(&input);
+    let logits = logits
+        .into_data_async()
+        .await
+        .map_err(|e| CxrError::Inference(format!("{e:?}")))?;
+    let t2 = now_ms();
+    let cam = cam
+        .into_data_async()
+        .await
+        .map_err(|e| CxrError::Inference(format!("{e:?}")))?;
+    let prediction = classifier.finish(&input, logits, cam)?;
+    let heatmap = heatmap_rgba(&prediction.cam);
+    let t3 = now_ms();
+    Ok(WebPrediction {
+        probability: prediction.probability,
+        label: prediction.label,
+        threshold: prediction.threshold,
+        logits: prediction.logits,
+        cam_size: prediction.cam_size,
+        heatmap,
+        original_width: prediction.original_width,
+        original_height: prediction.original_height,
+        preview,
+        preview_width,
+        preview_height,
+        timings: Timings {
+            preprocess_ms: t1 - t0,
+            inference_ms: t2 - t1,
+            saliency_ms: t3 - t2,
+            total_ms: t3 - t0,
+        },
+        backend: backend.to_string(),
+    })
+}
+
+fn current() -> Result<(Rc<Classifier>, String), JsError> {
+    STATE.with(|s| {
+        s.borrow()
+            .as_ref()
+            .map(|st| (st.classifier.clone(), st.backend.clone()))
+            .ok_or_else(|| js_error("the model is not loaded yet; call init() first"))
+    })
+}
+
+fn to_js<T: Serialize>(value: &T) -> Result<JsValue, JsError> {
+    value
+        .serialize(&serde_wasm_bindgen::Serializer::json_compatible())
+        .map_err(js_error)
+}
+
+/// Initialise `backend` ("webgpu" or "cpu"), load the embedded model and warm it up once.
+/// Returns the model's description (name, input size, threshold, card, reference logits).
+#[wasm_bindgen]
+pub async fn init(backend: String) -> Result<JsValue, JsError> {
+    let (device, backend) = device_for(&backend).await?;
+    let classifier = Classifier::embedded(&device).map_err(js_error)?;
+    // Warm-up: compiles kernels (WebGPU) and touches every weight once.
+    let s = classifier.info().input_size;
+    let warm: Vec<f32> = (0..s * s).map(|i| (i % 7) as f32 / 7.0).collect();
+    let (logits, _) = classifier
+        .model()
+        .forward_with_cam(burn::tensor::Tensor::from_data(
+            burn::tensor::TensorData::new(warm, [1, 1, s, s]),
+            &device,
+        ));
+    logits.into_data_async().await.map_err(|e| js_error(format!("{e:?}")))?;
+    let info = to_js(classifier.info())?;
+    STATE.with(|st| {
+        *st.borrow_mut() = Some(State {
+            classifier: Rc::new(classifier),
+            backend,
+        })
+    });
+    Ok(info)
+}
+
+/// Classify the bytes of one file. Resolves to an object with `probability`, `label`,
+/// `threshold`, `logits`, `cam_size`, `heatmap` (RGBA bytes, `cam_size`²), the original size,
+/// `timings` and `backend`; rejects with an `Error` whose message is meant for the user.
+#[wasm_bindgen]
+pub async fn classify(bytes: Vec<u8>) -> Result<JsValue, JsError> {
+    let (classifier, backend) = current()?;
+    let prediction = run(&classifier, &bytes, &backend).await.map_err(js_error)?;
+    to_js(&prediction)
+}
+
+/// The model card of the embedded model, as Markdown.
+#[wasm_bindgen]
+pub fn model_card() -> String {
+    crate::embedded::MODEL_CARD.to_string()
+}

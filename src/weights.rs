@@ -1,0 +1,276 @@
+//! The weight file: a model together with its description, in one file.
+//!
+//! Layout (`.cxrw`): `b"CXRW"`, format version (u32 LE), length of the JSON description (u32 LE),
+//! the JSON [`ModelInfo`], then the parameters as a burn record (burnpack) in f16. Loading builds
+//! the architecture the description names and refuses weights that do not fit it.
+
+use burn::module::{Module, ModuleMapper, Param};
+use burn::store::ModuleRecord;
+use burn::tensor::{Bytes, DType, Device, Tensor};
+use serde::{Deserialize, Serialize};
+
+use crate::error::WeightsError;
+use crate::model::{ResNet, ResNetConfig};
+
+const MAGIC: &[u8; 4] = b"CXRW";
+/// Version of the file layout this build reads and writes.
+pub const FORMAT_VERSION: u32 = 1;
+/// Largest accepted description, to refuse a damaged length field early.
+const MAX_INFO_BYTES: usize = 1 << 20;
+
+/// Logits the exporter recorded for a bundled sample image, so a runtime can check that its
+/// backend computes the same thing (the page's start-up self-test).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Reference {
+    /// File name of the sample, as bundled with the page.
+    pub sample: String,
+    /// Logits `[no finding, effusion]` computed at export on the CPU backend.
+    pub logits: Vec<f32>,
+}
+
+/// Everything a runtime needs to know about a model besides its parameters.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelInfo {
+    /// Short human-readable name.
+    pub name: String,
+    pub architecture: ResNetConfig,
+    /// Side of the square input, in pixels.
+    pub input_size: usize,
+    /// Decision threshold on the effusion probability.
+    pub threshold: f32,
+    /// Names of the logits in order (`nofinding`, `effusion`).
+    pub class_names: Vec<String>,
+    #[serde(default)]
+    pub reference: Option<Reference>,
+    /// Free-form model card (metrics, data, training command, date, intended use).
+    #[serde(default)]
+    pub card: serde_json::Value,
+}
+
+impl ModelInfo {
+    /// A description with the defaults: 256x256 input, threshold 0.5, the two class names.
+    pub fn new(name: impl Into<String>, architecture: ResNetConfig) -> Self {
+        Self {
+            name: name.into(),
+            architecture,
+            input_size: 256,
+            threshold: 0.5,
+            class_names: vec!["nofinding".into(), "effusion".into()],
+            reference: None,
+            card: serde_json::Value::Null,
+        }
+    }
+
+    fn validate(&self) -> Result<(), WeightsError> {
+        self.architecture.validate().map_err(WeightsError::Config)?;
+        if !(16..=2048).contains(&self.input_size) {
+            return Err(WeightsError::Config(format!(
+                "input size {} is outside 16..=2048",
+                self.input_size
+            )));
+        }
+        if !(0.0..=1.0).contains(&self.threshold) {
+            return Err(WeightsError::Config(format!(
+                "threshold {} is outside [0, 1]",
+                self.threshold
+            )));
+        }
+        if self.class_names.len() != self.architecture.num_classes {
+            return Err(WeightsError::Config(format!(
+                "{} class names for {} classes",
+                self.class_names.len(),
+                self.architecture.num_classes
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Casts every float parameter to one dtype.
+struct CastTo(DType);
+
+impl ModuleMapper for CastTo {
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+        let dtype = self.0;
+        param.map(|t| t.cast(dtype))
+    }
+}
+
+/// Serialise a model and its description (parameters stored as f16).
+pub fn encode(model: ResNet, info: &ModelInfo) -> Result<Vec<u8>, WeightsError> {
+    info.validate()?;
+    let json = serde_json::to_vec(info).map_err(|e| WeightsError::Config(e.to_string()))?;
+    let pack = model
+        .map(&mut CastTo(DType::F16))
+        .into_record()
+        .into_bytes()
+        .map_err(|e| WeightsError::Io(e.to_string()))?;
+    let mut out = Vec::with_capacity(12 + json.len() + pack.len());
+    out.extend_from_slice(MAGIC);
+    out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+    out.extend_from_slice(&(json.len() as u32).to_le_bytes());
+    out.extend_from_slice(&json);
+    out.extend_from_slice(&pack);
+    Ok(out)
+}
+
+/// Read only the description of a weight file.
+pub fn read_info(bytes: &[u8]) -> Result<ModelInfo, WeightsError> {
+    split(bytes).map(|(info, _)| info)
+}
+
+fn split(bytes: &[u8]) -> Result<(ModelInfo, &[u8]), WeightsError> {
+    if bytes.len() < 12 {
+        return Err(if bytes.starts_with(MAGIC) || bytes.is_empty() {
+            WeightsError::Truncated(format!("{} bytes", bytes.len()))
+        } else {
+            WeightsError::BadMagic
+        });
+    }
+    if &bytes[..4] != MAGIC {
+        return Err(WeightsError::BadMagic);
+    }
+    let word = |i: usize| u32::from_le_bytes([bytes[i], bytes[i + 1], bytes[i + 2], bytes[i + 3]]);
+    let version = word(4);
+    if version != FORMAT_VERSION {
+        return Err(WeightsError::Version {
+            found: version,
+            expected: FORMAT_VERSION,
+        });
+    }
+    let len = word(8) as usize;
+    if len > MAX_INFO_BYTES || 12 + len > bytes.len() {
+        return Err(WeightsError::Truncated(format!(
+            "description of {len} bytes in a file of {} bytes",
+            bytes.len()
+        )));
+    }
+    let info: ModelInfo = serde_json::from_slice(&bytes[12..12 + len])
+        .map_err(|e| WeightsError::Config(e.to_string()))?;
+    info.validate()?;
+    Ok((info, &bytes[12 + len..]))
+}
+
+/// Build the architecture a weight file describes, on `device`, and load its parameters (as f32).
+pub fn decode(bytes: &[u8], device: &Device) -> Result<(ResNet, ModelInfo), WeightsError> {
+    let (info, pack) = split(bytes)?;
+    if pack.is_empty() {
+        return Err(WeightsError::Truncated("no parameters after the description".into()));
+    }
+    let record = ModuleRecord::from_bytes(Bytes::from_bytes_vec(pack.to_vec()))
+        .map_err(|e| WeightsError::Truncated(e.to_string()))?;
+    let model = info
+        .architecture
+        .init(device)
+        .try_load_record(record)
+        .map_err(|e| WeightsError::Mismatch(e.to_string()))?
+        .map(&mut CastTo(DType::F32));
+    Ok((model, info))
+}
+
+/// Write a weight file.
+#[cfg(not(target_family = "wasm"))]
+pub fn save(path: &std::path::Path, model: ResNet, info: &ModelInfo) -> Result<(), WeightsError> {
+    let bytes = encode(model, info)?;
+    // Write to a temporary file and rename: a crash never leaves a half-written weight file.
+    let tmp = path.with_extension("cxrw.tmp");
+    std::fs::write(&tmp, &bytes)
+        .and_then(|_| std::fs::rename(&tmp, path))
+        .map_err(|e| WeightsError::Io(format!("{}: {e}", path.display())))
+}
+
+/// Read a weight file.
+#[cfg(not(target_family = "wasm"))]
+pub fn load(path: &std::path::Path, device: &Device) -> Result<(ResNet, ModelInfo), WeightsError> {
+    let bytes = std::fs::read(path).map_err(|e| WeightsError::Io(format!("{}: {e}", path.display())))?;
+    decode(&bytes, device)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::tensor::Distribution;
+
+    fn tiny() -> ResNetConfig {
+        ResNetConfig {
+            in_channels: 1,
+            stem_width: 4,
+            widths: vec![4, 8],
+            depths: vec![1, 1],
+            num_classes: 2,
+        }
+    }
+
+    #[test]
+    fn round_trip_keeps_outputs_within_f16_precision() {
+        let device = Device::flex();
+        let model = tiny().init(&device);
+        let x = Tensor::<4>::random([2, 1, 32, 32], Distribution::Uniform(0.0, 1.0), &device);
+        let before = model.forward(x.clone()).into_data().try_to_vec::<f32>().unwrap();
+        let mut info = ModelInfo::new("tiny", tiny());
+        info.threshold = 0.3;
+        info.input_size = 32;
+        let bytes = encode(model, &info).unwrap();
+        let (loaded, read) = decode(&bytes, &device).unwrap();
+        assert_eq!(read, info);
+        let after = loaded.forward(x).into_data().try_to_vec::<f32>().unwrap();
+        for (a, b) in before.iter().zip(&after) {
+            assert!((a - b).abs() < 1e-2 * (1.0 + a.abs()), "{a} vs {b}");
+        }
+    }
+
+    #[test]
+    fn parameters_are_stored_in_f16() {
+        let device = Device::flex();
+        let model = tiny().init(&device);
+        let params = model.num_params();
+        let bytes = encode(model, &ModelInfo::new("tiny", tiny())).unwrap();
+        // 2 bytes a parameter plus headers; f32 would need twice as much.
+        assert!(bytes.len() < params * 2 + 16 * 1024, "{} bytes for {params} params", bytes.len());
+    }
+
+    #[test]
+    fn architecture_mismatch_is_a_clear_error() {
+        let device = Device::flex();
+        let bytes = encode(tiny().init(&device), &ModelInfo::new("tiny", tiny())).unwrap();
+        // Rewrite the description to claim other widths: the shapes no longer fit.
+        let (mut info, pack) = split(&bytes).unwrap();
+        info.architecture.widths = vec![4, 16];
+        let json = serde_json::to_vec(&info).unwrap();
+        let mut forged = b"CXRW".to_vec();
+        forged.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+        forged.extend_from_slice(&(json.len() as u32).to_le_bytes());
+        forged.extend_from_slice(&json);
+        forged.extend_from_slice(pack);
+        let err = decode(&forged, &device).unwrap_err();
+        assert!(matches!(err, WeightsError::Mismatch(_)), "{err:?}");
+        // A deeper architecture has parameters the file lacks.
+        info.architecture.widths = vec![4, 8];
+        info.architecture.depths = vec![1, 2];
+        let json = serde_json::to_vec(&info).unwrap();
+        let mut forged = b"CXRW".to_vec();
+        forged.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+        forged.extend_from_slice(&(json.len() as u32).to_le_bytes());
+        forged.extend_from_slice(&json);
+        forged.extend_from_slice(pack);
+        assert!(matches!(decode(&forged, &device), Err(WeightsError::Mismatch(_))));
+    }
+
+    #[test]
+    fn damaged_files_are_refused() {
+        let device = Device::flex();
+        let bytes = encode(tiny().init(&device), &ModelInfo::new("tiny", tiny())).unwrap();
+        assert_eq!(decode(b"PNG?", &device).unwrap_err(), WeightsError::BadMagic);
+        assert!(matches!(decode(&bytes[..8], &device), Err(WeightsError::Truncated(_))));
+        assert!(matches!(decode(&bytes[..bytes.len() / 2], &device), Err(WeightsError::Truncated(_))));
+        let mut v2 = bytes.clone();
+        v2[4] = 2;
+        assert_eq!(
+            decode(&v2, &device).unwrap_err(),
+            WeightsError::Version { found: 2, expected: 1 }
+        );
+        let mut bad_json = bytes.clone();
+        bad_json[12] = b'#';
+        assert!(matches!(decode(&bad_json, &device), Err(WeightsError::Config(_))));
+    }
+}

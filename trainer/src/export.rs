@@ -1,0 +1,113 @@
+//! `export`: the best checkpoint of a run, with its model card, to where the app embeds it from.
+
+use std::path::Path;
+
+use burn::module::Module;
+use burn::tensor::Device;
+use cxr::weights::{self, ModelInfo, Reference};
+use cxr::Classifier;
+
+use crate::train::write_atomic;
+
+pub fn run(run: &Path, out: &Path, sample: &Path, command: Option<String>) -> Result<(), String> {
+    let best = run.join("best.cxrw");
+    let bytes = std::fs::read(&best).map_err(|e| format!("{}: {e} (has the run finished an epoch?)", best.display()))?;
+    let device = Device::flex();
+    let (model, mut info) = weights::decode(&bytes, &device).map_err(|e| e.to_string())?;
+    if let Some(command) = command {
+        info.card["training"]["command"] = command.into();
+    }
+    info.card["parameters"] = model.num_params().into();
+    let classifier = Classifier::new(model.clone(), info.clone(), device.clone());
+    let sample_bytes = std::fs::read(sample).map_err(|e| format!("sample {}: {e}", sample.display()))?;
+    let prediction = classifier.classify(&sample_bytes).map_err(|e| format!("sample {}: {e}", sample.display()))?;
+    info.reference = Some(Reference {
+        sample: sample.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+        logits: prediction.logits.to_vec(),
+    });
+    std::fs::create_dir_all(out).map_err(|e| format!("{}: {e}", out.display()))?;
+    let encoded = weights::encode(model, &info).map_err(|e| e.to_string())?;
+    write_atomic(&out.join("effusion.cxrw"), &encoded)?;
+    write_atomic(&out.join("MODEL_CARD.md"), model_card(&info, encoded.len()).as_bytes())?;
+    println!(
+        "exported {} ({} bytes) and MODEL_CARD.md to {}; sample logits {:?}",
+        "effusion.cxrw",
+        encoded.len(),
+        out.display(),
+        prediction.logits
+    );
+    Ok(())
+}
+
+fn num(v: &serde_json::Value) -> String {
+    v.as_f64().map(|x| format!("{x:.3}")).unwrap_or_else(|| "n/a".into())
+}
+
+/// The model card as Markdown, from the description stored with the weights.
+pub fn model_card(info: &ModelInfo, file_bytes: usize) -> String {
+    let c = &info.card;
+    let v = &c["validation"];
+    let t = &c["training"];
+    let ci = v["auc_ci95"].as_array().map(|a| format!(" (95 % CI {}–{})", num(&a[0]), num(&a[1]))).unwrap_or_default();
+    format!(
+        "# Model card: {name}
+
+**Not for clinical use.** A research and teaching demonstration; it must not be used to diagnose,
+treat or triage patients.
+
+| | |
+|---|---|
+| Task | pleural effusion vs no finding on a frontal chest X-ray |
+| Architecture | ResNet of BasicBlocks, 1-channel stem, stem width {stem}, stage widths {widths:?}, depths {depths:?} |
+| Parameters | {params} |
+| Weight file | {kib:.0} KiB (f16) |
+| Input | whole image, greyscale, min-max normalised, stretched to {size}x{size} |
+| Threshold | {threshold:.2} on the probability of effusion |
+| Validation AUC | {auc}{ci} on {vn} images ({vp} effusion) |
+| At the threshold | sensitivity {sens}, specificity {spec}, accuracy {acc} |
+| Training images | {tn} ({tp} effusion, {tneg} no finding) |
+| Trained | {date}, epoch {epoch} chosen by best validation AUC |
+
+## Data
+800 frontal chest radiographs from the NIH Clinical Center ChestX-ray14 data set (400 \"Effusion\",
+400 \"No Finding\"), downscaled to 512x512, split 80/20 per class with a fixed seed. Patient IDs are not
+known for this subset, so one patient may appear on both sides of the split: treat the validation
+figures as optimistic. Many effusion films are portable AP views with lines, tubes and markers; the
+model may use such shortcuts, and the saliency map shows where it looked.
+
+Acknowledgement: data from the NIH Clinical Center (https://nihcc.app.box.com/v/ChestXray-NIHCC).
+Wang X, Peng Y, Lu L, Lu Z, Bagheri M, Summers RM. ChestX-ray8: Hospital-scale Chest X-ray Database and
+Benchmarks on Weakly-Supervised Classification and Localization of Common Thorax Diseases. CVPR 2017.
+
+## Intended use
+Education and research: to show what a small convolutional network learns from chest X-rays and
+where it looks. Not validated on any population; its labels come from NIH's text-mined reports,
+which contain errors.
+
+## Training command
+```
+{command}
+```
+",
+        name = info.name,
+        stem = info.architecture.stem_width,
+        widths = info.architecture.widths,
+        depths = info.architecture.depths,
+        params = c["parameters"].as_u64().map(|p| p.to_string()).unwrap_or_else(|| "n/a".into()),
+        kib = file_bytes as f64 / 1024.0,
+        size = info.input_size,
+        threshold = info.threshold,
+        auc = num(&v["auc"]),
+        vn = v["images"],
+        vp = v["effusion"],
+        sens = num(&v["sensitivity"]),
+        spec = num(&v["specificity"]),
+        acc = num(&v["accuracy"]),
+        tn = t["images"],
+        tp = t["effusion"],
+        tneg = t["nofinding"],
+        date = c["date"].as_str().unwrap_or("n/a"),
+        epoch = c["epoch"],
+        command = t["command"].as_str().unwrap_or("(not recorded)"),
+    )
+}

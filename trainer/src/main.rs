@@ -1,0 +1,218 @@
+//! `trainer`: trains, evaluates, runs and exports the chest X-ray effusion classifier.
+
+mod ablate;
+mod augment;
+mod data;
+mod device;
+mod evaluate;
+mod export;
+mod loader;
+mod metrics;
+mod predict;
+mod rng;
+mod train;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::device::DeviceChoice;
+use crate::train::{LossKind, TrainOptions};
+
+#[derive(Parser)]
+#[command(name = "trainer", version, about = "Train, evaluate, run and export the chest X-ray pleural-effusion classifier")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Train a model on a data folder; writes checkpoints and metrics to the run folder.
+    Train {
+        #[command(flatten)]
+        train: TrainArgs,
+        /// Continue the run in --out from its last completed epoch.
+        #[arg(long)]
+        resume: bool,
+    },
+    /// Short training runs of a few variants on the same split, and a table comparing them.
+    Ablate {
+        #[command(flatten)]
+        train: TrainArgs,
+    },
+    /// Report AUC (with 95 % CI), accuracy, sensitivity, specificity and the confusion matrix.
+    Evaluate {
+        /// Data folder (effusion/ + nofinding/, or NIH layout).
+        #[arg(long)]
+        data: PathBuf,
+        /// A .cxrw weight file; without it, the model embedded in the app.
+        #[arg(long)]
+        weights: Option<PathBuf>,
+        /// Evaluate on the validation part of this run's split (RUN_DIR/split.json).
+        #[arg(long, conflicts_with = "all")]
+        run: Option<PathBuf>,
+        /// Evaluate every image in --data (by default: the validation files recorded in the
+        /// model's card when the data holds them, else every image).
+        #[arg(long)]
+        all: bool,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+        #[arg(long, value_enum, default_value = "auto")]
+        device: DeviceChoice,
+    },
+    /// Probability of effusion for each file, and optionally the saliency overlay.
+    Predict {
+        /// Image files.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// A .cxrw weight file; without it, the embedded model.
+        #[arg(long)]
+        weights: Option<PathBuf>,
+        /// Write the saliency overlay as PNG here (with several files: NAME.<file stem>.png).
+        #[arg(long)]
+        cam: Option<PathBuf>,
+        /// Print one JSON array with an object per file.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Export a run's best checkpoint and model card to where the app embeds them from.
+    Export {
+        /// The run folder written by `train`.
+        #[arg(long)]
+        run: PathBuf,
+        /// Destination folder of effusion.cxrw and MODEL_CARD.md.
+        #[arg(long, default_value = "model")]
+        out: PathBuf,
+        /// Sample X-ray bundled with the page; its logits are recorded for the page's self-test.
+        #[arg(long, default_value = "www/sample.png")]
+        sample: PathBuf,
+        /// The command that trained the run, for the model card.
+        #[arg(long)]
+        command: Option<String>,
+    },
+}
+
+#[derive(Args, Clone)]
+struct TrainArgs {
+    /// Data folder: effusion/ + nofinding/, or NIH Data_Entry_2017.csv with its images.
+    #[arg(long)]
+    data: PathBuf,
+    /// Run folder for checkpoints, split and metrics.
+    #[arg(long)]
+    out: PathBuf,
+    #[arg(long, default_value_t = 30)]
+    epochs: usize,
+    #[arg(long, default_value_t = 16)]
+    batch_size: usize,
+    /// Peak learning rate (AdamW, warm-up then cosine decay).
+    #[arg(long, default_value_t = 1e-3)]
+    lr: f64,
+    #[arg(long, default_value_t = 1e-4)]
+    weight_decay: f32,
+    /// Width multiplier of the ResNet-18 layout (1 = full, 0.25 = quarter width).
+    #[arg(long, default_value_t = 0.25)]
+    width: f64,
+    /// BasicBlocks per stage, comma-separated (default: 2,2,2,2).
+    #[arg(long, value_delimiter = ',')]
+    depths: Vec<usize>,
+    /// Side of the square model input.
+    #[arg(long, default_value_t = 256)]
+    input_size: usize,
+    /// Fraction of each class held out for validation.
+    #[arg(long, default_value_t = 0.2)]
+    valid_fraction: f64,
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Subsample effusion images to this prevalence (0.1 = the NIH-like 10 %).
+    #[arg(long)]
+    prevalence: Option<f64>,
+    #[arg(long, value_enum, default_value = "class-weighted")]
+    loss: LossKind,
+    /// Probability that a training image is augmented.
+    #[arg(long, default_value_t = 0.5)]
+    augment_p: f32,
+    /// Scale of the augmentation ranges (0 = none, 1 = default).
+    #[arg(long, default_value_t = 1.0)]
+    augment_strength: f32,
+    /// Decoding threads.
+    #[arg(long, default_value_t = 2)]
+    workers: usize,
+    /// Train on at most this many images (quick runs).
+    #[arg(long)]
+    limit: Option<usize>,
+    #[arg(long, value_enum, default_value = "auto")]
+    device: DeviceChoice,
+    /// Print no progress bars or per-epoch lines.
+    #[arg(long)]
+    quiet: bool,
+}
+
+impl TrainArgs {
+    fn options(&self) -> TrainOptions {
+        TrainOptions {
+            data: self.data.clone(),
+            epochs: self.epochs,
+            batch_size: self.batch_size.max(1),
+            lr: self.lr,
+            weight_decay: self.weight_decay,
+            width: self.width,
+            depths: self.depths.clone(),
+            input_size: self.input_size,
+            valid_fraction: self.valid_fraction,
+            seed: self.seed,
+            prevalence: self.prevalence,
+            loss: self.loss,
+            augment_p: self.augment_p,
+            augment_strength: self.augment_strength,
+            workers: self.workers.max(1),
+            limit: self.limit,
+        }
+    }
+}
+
+fn run() -> Result<ExitCode, String> {
+    match Cli::parse().command {
+        Command::Train { train: args, resume } => {
+            let (device, name) = device::select(args.device)?;
+            eprintln!("device: {name}");
+            let results = train::train(&args.options(), &args.out, &device, resume, args.quiet)?;
+            if let Some(best) = results
+                .iter()
+                .filter(|r| r.report.auc.is_some())
+                .max_by(|a, b| a.report.auc.partial_cmp(&b.report.auc).unwrap_or(std::cmp::Ordering::Equal))
+            {
+                println!("best validation AUC {} at epoch {}; checkpoint {}", best.report.auc_text(), best.epoch, args.out.join("best.cxrw").display());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Ablate { train: args } => {
+            let (device, name) = device::select(args.device)?;
+            eprintln!("device: {name}");
+            ablate::run(&args.options(), &args.out, &device, args.quiet)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Evaluate { data, weights, run, all, json, device } => {
+            let (device, _) = device::select(device)?;
+            evaluate::run(&data, weights.as_deref(), run.as_deref(), all, json, &device)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Predict { files, weights, cam, json } => predict::run(&files, weights.as_deref(), cam.as_deref(), json),
+        Command::Export { run, out, sample, command } => {
+            export::run(&run, &out, &sample, command)?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    match run() {
+        Ok(code) => code,
+        Err(message) => {
+            eprintln!("error: {message}");
+            ExitCode::from(2)
+        }
+    }
+}

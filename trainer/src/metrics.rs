@@ -1,0 +1,200 @@
+//! Metrics over a whole set of predictions (never per batch: AUC per batch is wrong under class
+//! imbalance).
+
+use serde::Serialize;
+
+use crate::rng::Rng;
+
+/// Area under the ROC curve: the probability that a random positive scores above a random
+/// negative, ties counting one half (Mann-Whitney U). `None` when a class is missing.
+pub fn auc(scores: &[f32], labels: &[u8]) -> Option<f64> {
+    assert_eq!(scores.len(), labels.len());
+    let mut order: Vec<usize> = (0..scores.len()).collect();
+    order.sort_by(|&a, &b| scores[a].total_cmp(&scores[b]));
+    // Average ranks over ties.
+    let mut ranks = vec![0f64; scores.len()];
+    let mut i = 0;
+    while i < order.len() {
+        let mut j = i;
+        while j + 1 < order.len() && scores[order[j + 1]] == scores[order[i]] {
+            j += 1;
+        }
+        let rank = (i + j) as f64 / 2.0 + 1.0;
+        for &k in &order[i..=j] {
+            ranks[k] = rank;
+        }
+        i = j + 1;
+    }
+    let pos = labels.iter().filter(|&&l| l == 1).count();
+    let neg = labels.len() - pos;
+    if pos == 0 || neg == 0 {
+        return None;
+    }
+    let rank_sum: f64 = ranks.iter().zip(labels).filter(|(_, l)| **l == 1).map(|(r, _)| r).sum();
+    Some((rank_sum - (pos * (pos + 1)) as f64 / 2.0) / (pos * neg) as f64)
+}
+
+/// 95 % bootstrap confidence interval of the AUC (percentile method, resampling each class on
+/// its own so every resample has both).
+pub fn auc_ci(scores: &[f32], labels: &[u8], resamples: usize, seed: u64) -> Option<(f64, f64)> {
+    let pos: Vec<usize> = (0..labels.len()).filter(|&i| labels[i] == 1).collect();
+    let neg: Vec<usize> = (0..labels.len()).filter(|&i| labels[i] == 0).collect();
+    if pos.is_empty() || neg.is_empty() || resamples == 0 {
+        return None;
+    }
+    let mut rng = Rng::new(seed);
+    let mut aucs = Vec::with_capacity(resamples);
+    let mut s = Vec::with_capacity(labels.len());
+    let mut l = Vec::with_capacity(labels.len());
+    for _ in 0..resamples {
+        s.clear();
+        l.clear();
+        for class in [&pos, &neg] {
+            for _ in 0..class.len() {
+                let k = class[rng.below(class.len())];
+                s.push(scores[k]);
+                l.push(labels[k]);
+            }
+        }
+        aucs.extend(auc(&s, &l));
+    }
+    aucs.sort_by(f64::total_cmp);
+    let at = |q: f64| aucs[((aucs.len() - 1) as f64 * q).round() as usize];
+    Some((at(0.025), at(0.975)))
+}
+
+/// Counts at a threshold (predicted positive when `score >= threshold`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Confusion {
+    pub tp: usize,
+    pub fp: usize,
+    pub tn: usize,
+    pub fn_: usize,
+}
+
+impl Confusion {
+    pub fn at(scores: &[f32], labels: &[u8], threshold: f32) -> Self {
+        let mut c = Confusion { tp: 0, fp: 0, tn: 0, fn_: 0 };
+        for (&s, &l) in scores.iter().zip(labels) {
+            match (s >= threshold, l == 1) {
+                (true, true) => c.tp += 1,
+                (true, false) => c.fp += 1,
+                (false, false) => c.tn += 1,
+                (false, true) => c.fn_ += 1,
+            }
+        }
+        c
+    }
+
+    fn ratio(a: usize, b: usize) -> f64 {
+        if a + b == 0 { f64::NAN } else { a as f64 / (a + b) as f64 }
+    }
+
+    pub fn accuracy(&self) -> f64 {
+        Self::ratio(self.tp + self.tn, self.fp + self.fn_)
+    }
+
+    /// True-positive rate (recall of effusion).
+    pub fn sensitivity(&self) -> f64 {
+        Self::ratio(self.tp, self.fn_)
+    }
+
+    /// True-negative rate.
+    pub fn specificity(&self) -> f64 {
+        Self::ratio(self.tn, self.fp)
+    }
+}
+
+/// Everything `evaluate` reports.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub images: usize,
+    pub positives: usize,
+    pub auc: Option<f64>,
+    pub auc_ci95: Option<(f64, f64)>,
+    pub threshold: f32,
+    pub accuracy: f64,
+    pub sensitivity: f64,
+    pub specificity: f64,
+    pub confusion: Confusion,
+}
+
+impl Report {
+    pub fn new(scores: &[f32], labels: &[u8], threshold: f32) -> Self {
+        let confusion = Confusion::at(scores, labels, threshold);
+        Self {
+            images: scores.len(),
+            positives: labels.iter().filter(|&&l| l == 1).count(),
+            auc: auc(scores, labels),
+            auc_ci95: auc_ci(scores, labels, 2000, 12345),
+            threshold,
+            accuracy: confusion.accuracy(),
+            sensitivity: confusion.sensitivity(),
+            specificity: confusion.specificity(),
+            confusion,
+        }
+    }
+
+    pub fn auc_text(&self) -> String {
+        match (self.auc, self.auc_ci95) {
+            (Some(a), Some((lo, hi))) => format!("{a:.3} (95% CI {lo:.3}–{hi:.3})"),
+            (Some(a), None) => format!("{a:.3}"),
+            _ => "n/a (one class only)".into(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn auc_of_known_cases() {
+        assert_eq!(auc(&[0.1, 0.2, 0.8, 0.9], &[0, 0, 1, 1]), Some(1.0));
+        assert_eq!(auc(&[0.9, 0.8, 0.2, 0.1], &[0, 0, 1, 1]), Some(0.0));
+        assert_eq!(auc(&[0.5, 0.5, 0.5, 0.5], &[0, 1, 0, 1]), Some(0.5));
+        // One of four positive/negative pairs is misordered.
+        assert_eq!(auc(&[0.1, 0.6, 0.5, 0.9], &[0, 0, 1, 1]), Some(0.75));
+        assert_eq!(auc(&[0.1, 0.2], &[1, 1]), None);
+    }
+
+    #[test]
+    fn auc_matches_brute_force_under_imbalance_and_ties() {
+        let mut rng = Rng::new(3);
+        let labels: Vec<u8> = (0..300).map(|i| u8::from(i % 10 == 0)).collect();
+        let scores: Vec<f32> = labels
+            .iter()
+            .map(|&l| ((rng.uniform() + 0.3 * l as f32) * 20.0).round() / 20.0)
+            .collect();
+        let mut num = 0.0;
+        let mut den = 0.0;
+        for i in 0..300 {
+            for j in 0..300 {
+                if labels[i] == 1 && labels[j] == 0 {
+                    den += 1.0;
+                    num += if scores[i] > scores[j] { 1.0 } else if scores[i] == scores[j] { 0.5 } else { 0.0 };
+                }
+            }
+        }
+        assert!((auc(&scores, &labels).unwrap() - num / den).abs() < 1e-12);
+    }
+
+    #[test]
+    fn ci_brackets_the_auc() {
+        let mut rng = Rng::new(9);
+        let labels: Vec<u8> = (0..200).map(|i| (i % 2) as u8).collect();
+        let scores: Vec<f32> = labels.iter().map(|&l| rng.uniform() + 0.4 * l as f32).collect();
+        let a = auc(&scores, &labels).unwrap();
+        let (lo, hi) = auc_ci(&scores, &labels, 500, 1).unwrap();
+        assert!(lo < a && a < hi && hi - lo < 0.2, "{lo} {a} {hi}");
+    }
+
+    #[test]
+    fn confusion_rates() {
+        let c = Confusion::at(&[0.9, 0.4, 0.6, 0.1], &[1, 1, 0, 0], 0.5);
+        assert_eq!(c, Confusion { tp: 1, fp: 1, tn: 1, fn_: 1 });
+        assert_eq!(c.sensitivity(), 0.5);
+        assert_eq!(c.specificity(), 0.5);
+        assert_eq!(c.accuracy(), 0.5);
+    }
+}

@@ -1,0 +1,121 @@
+// The page: file input (drop, picker, paste, sample) → worker → drawing. Logic lives in Rust.
+const $ = (id) => document.getElementById(id);
+const params = new URLSearchParams(location.search);
+const worker = new Worker(new URL('worker.js', import.meta.url), { type: 'module' });
+let nextId = 1;
+const pending = new Map();
+let sampleName = null;
+
+function showError(message) {
+  $('error').textContent = message;
+  $('error').hidden = false;
+}
+
+function setStatus(text) { $('status').textContent = text; }
+
+worker.onmessage = (event) => {
+  const msg = event.data;
+  if (msg.type === 'ready') {
+    sampleName = msg.info.reference ? msg.info.reference.sample : 'sample.png';
+    $('backend').textContent = msg.note;
+    document.body.dataset.backend = msg.backend;
+    document.body.dataset.ready = 'true';
+    $('sample').disabled = false;
+    setStatus(msg.selfTest.ok ? 'Model ready.' : 'Model ready, but its self-test failed: results may be wrong.');
+    showCard(msg.info, msg.card);
+  } else if (msg.type === 'fatal') {
+    setStatus('');
+    showError(`The model could not start: ${msg.message}`);
+  } else {
+    const done = pending.get(msg.id);
+    pending.delete(msg.id);
+    if (done) done(msg);
+  }
+};
+worker.onerror = (e) => showError(`The model worker failed: ${e.message || 'unknown error'}`);
+worker.postMessage({ type: 'init', backend: params.get('backend') || 'auto' });
+
+function showCard(info, markdown) {
+  const v = (info.card && info.card.validation) || {};
+  const auc = typeof v.auc === 'number' ? v.auc.toFixed(3) : 'n/a';
+  const ci = Array.isArray(v.auc_ci95) ? ` (95% CI ${v.auc_ci95[0].toFixed(3)}–${v.auc_ci95[1].toFixed(3)})` : '';
+  $('card-summary').textContent = `${info.name}. Validation AUC ${auc}${ci} on ${v.images ?? '?'} NIH images; ` +
+    `threshold ${info.threshold}. Input ${info.input_size}×${info.input_size}. Not for clinical use.`;
+  $('card-text').textContent = markdown;
+}
+
+function classify(bytes) {
+  const id = nextId++;
+  return new Promise((resolve) => {
+    pending.set(id, resolve);
+    worker.postMessage({ type: 'classify', id, bytes }, [bytes]);
+  });
+}
+
+function draw(canvas, width, height, rgba) {
+  canvas.width = width;
+  canvas.height = height;
+  canvas.getContext('2d').putImageData(new ImageData(new Uint8ClampedArray(rgba.buffer, rgba.byteOffset, rgba.byteLength), width, height), 0, 0);
+}
+
+function updateOverlay() {
+  $('heat').style.opacity = $('overlay').checked ? $('opacity').value : 0;
+}
+
+async function handle(file, name) {
+  if (!file) return;
+  $('error').hidden = true;
+  document.body.dataset.busy = 'true';
+  setStatus(`Classifying ${name}…`);
+  try {
+    const msg = await classify(await file.arrayBuffer());
+    if (msg.type === 'error') {
+      showError(`${name}: ${msg.message}`);
+      setStatus('Ready for the next image.');
+      return;
+    }
+    const r = msg.result;
+    draw($('xray'), r.preview_width, r.preview_height, r.preview);
+    draw($('heat'), r.cam_size, r.cam_size, r.heatmap);
+    updateOverlay();
+    const effusion = r.label === 'effusion';
+    $('decision').textContent = effusion ? 'Effusion suspected' : 'No effusion detected';
+    $('decision').className = effusion ? 'effusion' : 'nofinding';
+    $('probability').textContent = `${(100 * r.probability).toFixed(1)} %`;
+    $('threshold').textContent = `${(100 * r.threshold).toFixed(0)} %`;
+    $('meter-fill').style.width = `${100 * r.probability}%`;
+    $('meter-threshold').style.left = `${100 * r.threshold}%`;
+    $('file-name').textContent = `${name} — ${r.original_width}×${r.original_height} px`;
+    const t = r.timings;
+    $('timings').textContent = `preprocess ${t.preprocess_ms.toFixed(0)} ms, inference ${t.inference_ms.toFixed(0)} ms, saliency ${t.saliency_ms.toFixed(0)} ms (${r.backend})`;
+    $('result').hidden = false;
+    document.body.dataset.label = r.label;
+    setStatus('Done. Drop another image to classify it.');
+  } catch (e) {
+    showError(`${name}: ${e.message || e}`);
+  } finally {
+    document.body.dataset.busy = 'false';
+  }
+}
+
+$('file').addEventListener('change', (e) => { const f = e.target.files[0]; if (f) handle(f, f.name); e.target.value = ''; });
+$('sample').addEventListener('click', async () => {
+  try {
+    const response = await fetch(sampleName);
+    handle(await response.blob(), `${sampleName} (NIH ChestX-ray14 sample)`);
+  } catch (e) { showError(`The sample could not be loaded: ${e.message}`); }
+});
+$('overlay').addEventListener('change', updateOverlay);
+$('opacity').addEventListener('input', updateOverlay);
+window.addEventListener('dragover', (e) => { e.preventDefault(); document.body.classList.add('dragging'); });
+window.addEventListener('dragleave', () => document.body.classList.remove('dragging'));
+window.addEventListener('drop', (e) => {
+  e.preventDefault();
+  document.body.classList.remove('dragging');
+  const f = e.dataTransfer && e.dataTransfer.files[0];
+  if (f) handle(f, f.name); else showError('Nothing to classify was dropped: drop an image file.');
+});
+window.addEventListener('paste', (e) => {
+  const f = [...(e.clipboardData ? e.clipboardData.files : [])][0];
+  if (f) handle(f, f.name || 'pasted image'); else showError('The clipboard holds no image.');
+});
