@@ -27,7 +27,8 @@ ensure_wasm_tools() {
   have=$(wasm-bindgen --version 2>/dev/null | awk '{print $2}' || true)
   if [ "$have" != "$want" ]; then
     log "installing wasm-bindgen-cli $want (the version in Cargo.lock)"
-    cargo install --locked wasm-bindgen-cli --version "$want"
+    # Not --locked: its lock file pins a yanked webpki-roots.
+    cargo install wasm-bindgen-cli --version "$want"
   fi
 }
 

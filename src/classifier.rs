@@ -152,13 +152,7 @@ mod tests {
 
     fn tiny_classifier(size: usize) -> Classifier {
         let device = Device::flex();
-        let arch = ResNetConfig {
-            in_channels: 1,
-            stem_width: 4,
-            widths: vec![4, 8],
-            depths: vec![1, 1],
-            num_classes: 2,
-        };
+        let arch = ResNetConfig::tiny();
         let mut info = ModelInfo::new("tiny", arch.clone());
         info.input_size = size;
         Classifier::new(arch.init(&device), info, device)

@@ -77,6 +77,18 @@ impl ResNetConfig {
         Ok(())
     }
 
+    /// A very small architecture for tests (two stages of one block, widths 4 and 8).
+    #[cfg(test)]
+    pub(crate) fn tiny() -> Self {
+        Self {
+            in_channels: 1,
+            stem_width: 4,
+            widths: vec![4, 8],
+            depths: vec![1, 1],
+            num_classes: 2,
+        }
+    }
+
     /// Width of the last stage: the features the head and the CAM read.
     pub fn feature_width(&self) -> usize {
         *self.widths.last().unwrap_or(&self.stem_width)
@@ -256,13 +268,7 @@ mod tests {
     use burn::tensor::Distribution;
 
     fn tiny() -> ResNetConfig {
-        ResNetConfig {
-            in_channels: 1,
-            stem_width: 4,
-            widths: vec![4, 6],
-            depths: vec![1, 1],
-            num_classes: 2,
-        }
+        ResNetConfig::tiny()
     }
 
     fn input(b: usize, size: usize, device: &Device) -> Tensor<4> {
@@ -285,7 +291,7 @@ mod tests {
         let model = tiny().init(&device);
         let x = input(3, 64, &device);
         assert_eq!(model.forward(x.clone()).dims(), [3, 2]);
-        assert_eq!(model.features(x.clone()).dims(), [3, 6, 8, 8]);
+        assert_eq!(model.features(x.clone()).dims(), [3, 8, 8, 8]);
         assert_eq!(tiny().stride(), 8);
         let (logits, cam) = model.forward_with_cam(x);
         assert_eq!(logits.dims(), [3, 2]);

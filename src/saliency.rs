@@ -29,7 +29,7 @@ pub fn heatmap_rgba(cam: &[f32]) -> Vec<u8> {
     cam.iter()
         .flat_map(|&v| {
             let [r, g, b] = colormap(v);
-            let a = (v.clamp(0.0, 1.0).sqrt() * 255.0).round() as u8;
+            let a = (v.clamp(0.0, 1.0) * 255.0).round() as u8;
             [r, g, b, a]
         })
         .collect()

@@ -62,7 +62,8 @@ struct WebPrediction {
     backend: String,
 }
 
-/// Serialise bytes as a `Uint8Array` rather than an array of numbers.
+/// Serialise bytes with `serialize_bytes`, which becomes a `Uint8Array` rather than an array of
+/// numbers.
 mod serde_bytes_compat {
     pub fn serialize<S: serde::Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
         s.serialize_bytes(bytes)
@@ -144,8 +145,9 @@ fn current() -> Result<(Rc<Classifier>, String), JsError> {
 }
 
 fn to_js<T: Serialize>(value: &T) -> Result<JsValue, JsError> {
+    // Plain objects for maps, Uint8Array for bytes (the heat map and preview travel as such).
     value
-        .serialize(&serde_wasm_bindgen::Serializer::json_compatible())
+        .serialize(&serde_wasm_bindgen::Serializer::new().serialize_maps_as_objects(true))
         .map_err(js_error)
 }
 

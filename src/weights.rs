@@ -192,13 +192,18 @@ mod tests {
     use burn::tensor::Distribution;
 
     fn tiny() -> ResNetConfig {
-        ResNetConfig {
-            in_channels: 1,
-            stem_width: 4,
-            widths: vec![4, 8],
-            depths: vec![1, 1],
-            num_classes: 2,
-        }
+        ResNetConfig::tiny()
+    }
+
+    /// A weight file with `info` as its description and `pack` as its parameters.
+    fn forge(info: &ModelInfo, pack: &[u8]) -> Vec<u8> {
+        let json = serde_json::to_vec(info).unwrap();
+        let mut forged = b"CXRW".to_vec();
+        forged.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+        forged.extend_from_slice(&(json.len() as u32).to_le_bytes());
+        forged.extend_from_slice(&json);
+        forged.extend_from_slice(pack);
+        forged
     }
 
     #[test]
@@ -236,24 +241,12 @@ mod tests {
         // Rewrite the description to claim other widths: the shapes no longer fit.
         let (mut info, pack) = split(&bytes).unwrap();
         info.architecture.widths = vec![4, 16];
-        let json = serde_json::to_vec(&info).unwrap();
-        let mut forged = b"CXRW".to_vec();
-        forged.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
-        forged.extend_from_slice(&(json.len() as u32).to_le_bytes());
-        forged.extend_from_slice(&json);
-        forged.extend_from_slice(pack);
-        let err = decode(&forged, &device).unwrap_err();
+        let err = decode(&forge(&info, pack), &device).unwrap_err();
         assert!(matches!(err, WeightsError::Mismatch(_)), "{err:?}");
         // A deeper architecture has parameters the file lacks.
         info.architecture.widths = vec![4, 8];
         info.architecture.depths = vec![1, 2];
-        let json = serde_json::to_vec(&info).unwrap();
-        let mut forged = b"CXRW".to_vec();
-        forged.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
-        forged.extend_from_slice(&(json.len() as u32).to_le_bytes());
-        forged.extend_from_slice(&json);
-        forged.extend_from_slice(pack);
-        assert!(matches!(decode(&forged, &device), Err(WeightsError::Mismatch(_))));
+        assert!(matches!(decode(&forge(&info, pack), &device), Err(WeightsError::Mismatch(_))));
     }
 
     #[test]

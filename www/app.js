@@ -5,6 +5,8 @@ const worker = new Worker(new URL('worker.js', import.meta.url), { type: 'module
 let nextId = 1;
 const pending = new Map();
 let sampleName = null;
+let modelReady = false;
+let handled = 0;
 
 function showError(message) {
   $('error').textContent = message;
@@ -18,12 +20,14 @@ worker.onmessage = (event) => {
   if (msg.type === 'ready') {
     sampleName = msg.info.reference ? msg.info.reference.sample : 'sample.png';
     $('backend').textContent = msg.note;
+    modelReady = true;
     document.body.dataset.backend = msg.backend;
-    document.body.dataset.ready = 'true';
+    document.body.dataset.state = 'ready';
     $('sample').disabled = false;
     setStatus(msg.selfTest.ok ? 'Model ready.' : 'Model ready, but its self-test failed: results may be wrong.');
     showCard(msg.info, msg.card);
   } else if (msg.type === 'fatal') {
+    document.body.dataset.state = 'failed';
     setStatus('');
     showError(`The model could not start: ${msg.message}`);
   } else {
@@ -65,7 +69,8 @@ function updateOverlay() {
 async function handle(file, name) {
   if (!file) return;
   $('error').hidden = true;
-  document.body.dataset.busy = 'true';
+  $('error').textContent = '';
+  document.body.dataset.state = 'busy';
   setStatus(`Classifying ${name}…`);
   try {
     const msg = await classify(await file.arrayBuffer());
@@ -88,13 +93,17 @@ async function handle(file, name) {
     $('file-name').textContent = `${name} — ${r.original_width}×${r.original_height} px`;
     const t = r.timings;
     $('timings').textContent = `preprocess ${t.preprocess_ms.toFixed(0)} ms, inference ${t.inference_ms.toFixed(0)} ms, saliency ${t.saliency_ms.toFixed(0)} ms (${r.backend})`;
-    $('result').hidden = false;
-    document.body.dataset.label = r.label;
+    const result = $('result');
+    result.dataset.probability = String(r.probability);
+    result.dataset.label = r.label;
+    result.dataset.backend = r.backend;
+    result.hidden = false;
     setStatus('Done. Drop another image to classify it.');
   } catch (e) {
     showError(`${name}: ${e.message || e}`);
   } finally {
-    document.body.dataset.busy = 'false';
+    document.body.dataset.state = modelReady ? 'ready' : 'loading';
+    document.body.dataset.handled = String(++handled);
   }
 }
 

@@ -1,4 +1,4 @@
-//! `ablate`: a few short runs on the same split, each changing one thing, and a table.
+//! `compare`: a few short runs on the same split, each changing one thing, and a table.
 
 use std::path::Path;
 
@@ -30,12 +30,14 @@ pub fn run(base: &TrainOptions, out: &Path, device: &Device, quiet: bool) -> Res
             std::fs::copy(out.join("0-baseline/split.json"), dir.join("split.json")).map_err(|e| e.to_string())?;
         }
         let started = std::time::Instant::now();
-        let results = train(opts, &dir, device, false, quiet)?;
-        let best = results
-            .iter()
-            .filter_map(|r| r.report.auc.map(|a| (a, r)))
-            .max_by(|a, b| a.0.total_cmp(&b.0));
-        rows.push((name.to_string(), best.map(|(a, r)| (a, r.report.auc_ci95, r.epoch)), started.elapsed().as_secs_f64()));
+        train(opts, &dir, device, false, quiet)?;
+        let best: Option<serde_json::Value> = std::fs::read(dir.join("best.json")).ok().and_then(|b| serde_json::from_slice(&b).ok());
+        let best = best.and_then(|b| {
+            let auc = b["validation"]["auc"].as_f64()?;
+            let ci = b["validation"]["auc_ci95"].as_array().and_then(|a| Some((a.first()?.as_f64()?, a.get(1)?.as_f64()?)));
+            Some((auc, ci, b["epoch"].as_u64().unwrap_or(0) as usize))
+        });
+        rows.push((name.to_string(), best, started.elapsed().as_secs_f64()));
     }
     println!("| variant | best validation AUC | 95 % CI | epoch | time (s) |");
     println!("|---|---|---|---|---|");

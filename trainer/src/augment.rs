@@ -1,9 +1,18 @@
 //! On-the-fly augmentation of preprocessed (square, `[0, 1]`) training images.
 //!
-//! Each image is augmented with probability `p`; an augmented image gets a random horizontal flip,
-//! a small rotation, translation and zoom (one affine resampling), brightness/contrast jitter and
-//! Gaussian noise. Never a vertical flip: a chest film is never upside down, and the diaphragm's
-//! place is part of what an effusion looks like.
+//! Each image is augmented with probability `p` (default 0.5); an augmented image gets all of the
+//! following, each with its own random amount (ranges at strength 1):
+//! - horizontal flip with probability 1/2: left and right effusions are both common, and portable
+//!   films are sometimes mirrored;
+//! - rotation within ±10°: patients are rarely positioned straighter than that;
+//! - translation within ±10 % of the side: NIH films are not centred the same way;
+//! - zoom within ±10 %: film size and distance vary;
+//! - contrast within ±15 % and brightness within ±0.1 (of the `[0, 1]` range): exposure varies
+//!   even after min-max normalisation;
+//! - Gaussian noise with σ = 0.02: film grain and detector noise.
+//!
+//! Never a vertical flip: a chest film is never upside down, and where fluid collects (the
+//! costophrenic angles, at the bottom) is part of what an effusion looks like.
 
 use crate::rng::Rng;
 
@@ -27,7 +36,7 @@ impl AugmentConfig {
         Self {
             probability,
             max_rotation_deg: 10.0 * strength,
-            max_translate: 0.06 * strength,
+            max_translate: 0.10 * strength,
             max_zoom: 0.1 * strength,
             max_brightness: 0.1 * strength,
             max_contrast: 0.15 * strength,

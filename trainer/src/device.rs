@@ -7,35 +7,37 @@ use clap::ValueEnum;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum DeviceChoice {
-    /// A hardware GPU if one is found, else the CPU.
-    Auto,
-    /// The GPU through wgpu (fails if the build has no wgpu support).
+    /// burn's wgpu backend on a hardware GPU (Vulkan, Metal, DX12); falls back to the CPU, and
+    /// says so, when there is none.
     Wgpu,
-    /// The CPU backend (flex).
+    /// burn's fastest CPU backend (flex).
     Cpu,
 }
 
 /// The device and a line saying what it is.
 pub fn select(choice: DeviceChoice) -> Result<(Device, String), String> {
+    let cpu = || Device::flex();
     match choice {
-        DeviceChoice::Cpu => Ok((Device::flex(), "CPU (burn flex)".into())),
-        DeviceChoice::Wgpu => wgpu_device(),
-        DeviceChoice::Auto => match hardware_gpu() {
-            Some(name) => wgpu_device().map(|(d, _)| (d, format!("GPU via wgpu: {name}"))),
-            None => Ok((Device::flex(), "CPU (burn flex); no hardware GPU found".into())),
+        DeviceChoice::Cpu => Ok((cpu(), "CPU (burn flex)".into())),
+        DeviceChoice::Wgpu => match hardware_gpu() {
+            Some(name) => Ok((gpu_device(), format!("GPU via wgpu: {name}"))),
+            None if cfg!(feature = "wgpu") => Ok((
+                cpu(),
+                "CPU (burn flex): wgpu found no hardware GPU (a software Vulkan driver such as lavapipe is far too slow to train on); pass --backend cpu to skip this check".into(),
+            )),
+            None => Ok((cpu(), "CPU (burn flex): this build has no wgpu support".into())),
         },
     }
 }
 
 #[cfg(feature = "wgpu")]
-fn wgpu_device() -> Result<(Device, String), String> {
-    let name = hardware_gpu().unwrap_or_else(|| "software or unknown adapter".into());
-    Ok((Device::wgpu(burn::tensor::DeviceKind::DefaultDevice), format!("GPU via wgpu: {name}")))
+fn gpu_device() -> Device {
+    Device::wgpu(burn::tensor::DeviceKind::DefaultDevice)
 }
 
 #[cfg(not(feature = "wgpu"))]
-fn wgpu_device() -> Result<(Device, String), String> {
-    Err("this trainer was built without the `wgpu` feature; rebuild with default features or use --device cpu".into())
+fn gpu_device() -> Device {
+    Device::flex()
 }
 
 /// The name of the first hardware (non-CPU) adapter wgpu can see.

@@ -8,6 +8,7 @@ mod evaluate;
 mod export;
 mod loader;
 mod metrics;
+mod plots;
 mod predict;
 mod rng;
 mod train;
@@ -29,16 +30,21 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Train a model on a data folder; writes checkpoints and metrics to the run folder.
+    /// Train a model on a data folder; writes checkpoints, metrics, report.json and curves to
+    /// the run folder.
     Train {
         #[command(flatten)]
         train: TrainArgs,
-        /// Continue the run in --out from its last completed epoch.
+        /// Continue the run in RUN_DIR from its last completed epoch (its saved options apply).
+        #[arg(long, value_name = "RUN_DIR", conflicts_with = "out")]
+        resume: Option<PathBuf>,
+        /// The seed's "ablation run": the whole pipeline on 64 images for 2 epochs (about a
+        /// minute on a laptop CPU), to check that everything works.
         #[arg(long)]
-        resume: bool,
+        ablation: bool,
     },
     /// Short training runs of a few variants on the same split, and a table comparing them.
-    Ablate {
+    Compare {
         #[command(flatten)]
         train: TrainArgs,
     },
@@ -60,8 +66,8 @@ enum Command {
         /// Print the report as JSON.
         #[arg(long)]
         json: bool,
-        #[arg(long, value_enum, default_value = "auto")]
-        device: DeviceChoice,
+        #[arg(long, value_enum, default_value = "wgpu")]
+        backend: DeviceChoice,
     },
     /// Probability of effusion for each file, and optionally the saliency overlay.
     Predict {
@@ -98,11 +104,11 @@ enum Command {
 #[derive(Args, Clone)]
 struct TrainArgs {
     /// Data folder: effusion/ + nofinding/, or NIH Data_Entry_2017.csv with its images.
+    #[arg(long, required_unless_present = "resume")]
+    data: Option<PathBuf>,
+    /// Run folder for checkpoints, split and metrics (default: runs/<date>-<time>).
     #[arg(long)]
-    data: PathBuf,
-    /// Run folder for checkpoints, split and metrics.
-    #[arg(long)]
-    out: PathBuf,
+    out: Option<PathBuf>,
     #[arg(long, default_value_t = 30)]
     epochs: usize,
     #[arg(long, default_value_t = 16)]
@@ -131,6 +137,19 @@ struct TrainArgs {
     prevalence: Option<f64>,
     #[arg(long, value_enum, default_value = "class-weighted")]
     loss: LossKind,
+    /// Loss weights of [no finding, effusion] for class-weighted (default: inverse prevalence).
+    #[arg(long, value_delimiter = ',', num_args = 2)]
+    class_weights: Vec<f32>,
+    /// Off-diagonal entry of the cost matrix (--loss cost-matrix): a misclassified sample's
+    /// cross-entropy counts this many times.
+    #[arg(long, default_value_t = 5.0)]
+    cost: f32,
+    /// Stop when validation AUC has not improved for this many epochs.
+    #[arg(long)]
+    patience: Option<usize>,
+    /// The stored threshold is the highest one whose validation sensitivity reaches this.
+    #[arg(long, default_value_t = 0.9)]
+    target_sensitivity: f64,
     /// Probability that a training image is augmented.
     #[arg(long, default_value_t = 0.5)]
     augment_p: f32,
@@ -143,17 +162,22 @@ struct TrainArgs {
     /// Train on at most this many images (quick runs).
     #[arg(long)]
     limit: Option<usize>,
-    #[arg(long, value_enum, default_value = "auto")]
-    device: DeviceChoice,
+    /// wgpu: a hardware GPU through wgpu, else the CPU with a message; cpu: burn's flex backend.
+    #[arg(long, value_enum, default_value = "wgpu")]
+    backend: DeviceChoice,
     /// Print no progress bars or per-epoch lines.
     #[arg(long)]
     quiet: bool,
 }
 
 impl TrainArgs {
+    fn out(&self) -> PathBuf {
+        self.out.clone().unwrap_or_else(|| PathBuf::from("runs").join(train::timestamp()))
+    }
+
     fn options(&self) -> TrainOptions {
         TrainOptions {
-            data: self.data.clone(),
+            data: self.data.clone().unwrap_or_default(),
             epochs: self.epochs,
             batch_size: self.batch_size.max(1),
             lr: self.lr,
@@ -165,6 +189,10 @@ impl TrainArgs {
             seed: self.seed,
             prevalence: self.prevalence,
             loss: self.loss,
+            class_weights: (self.class_weights.len() == 2).then(|| [self.class_weights[0], self.class_weights[1]]),
+            cost: self.cost,
+            patience: self.patience,
+            target_sensitivity: self.target_sensitivity,
             augment_p: self.augment_p,
             augment_strength: self.augment_strength,
             workers: self.workers.max(1),
@@ -175,27 +203,28 @@ impl TrainArgs {
 
 fn run() -> Result<ExitCode, String> {
     match Cli::parse().command {
-        Command::Train { train: args, resume } => {
-            let (device, name) = device::select(args.device)?;
-            eprintln!("device: {name}");
-            let results = train::train(&args.options(), &args.out, &device, resume, args.quiet)?;
-            if let Some(best) = results
-                .iter()
-                .filter(|r| r.report.auc.is_some())
-                .max_by(|a, b| a.report.auc.partial_cmp(&b.report.auc).unwrap_or(std::cmp::Ordering::Equal))
-            {
-                println!("best validation AUC {} at epoch {}; checkpoint {}", best.report.auc_text(), best.epoch, args.out.join("best.cxrw").display());
+        Command::Train { train: args, resume, ablation } => {
+            let (device, name) = device::select(args.backend)?;
+            eprintln!("backend: {name}");
+            let mut opts = args.options();
+            if ablation {
+                opts.limit = Some(64);
+                opts.epochs = 2;
+                opts.batch_size = opts.batch_size.min(16);
             }
+            let out = resume.clone().unwrap_or_else(|| args.out());
+            let summary = train::train(&opts, &out, &device, resume.is_some(), args.quiet)?;
+            println!("{summary}");
             Ok(ExitCode::SUCCESS)
         }
-        Command::Ablate { train: args } => {
-            let (device, name) = device::select(args.device)?;
-            eprintln!("device: {name}");
-            ablate::run(&args.options(), &args.out, &device, args.quiet)?;
+        Command::Compare { train: args } => {
+            let (device, name) = device::select(args.backend)?;
+            eprintln!("backend: {name}");
+            ablate::run(&args.options(), &args.out(), &device, args.quiet)?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Evaluate { data, weights, run, all, json, device } => {
-            let (device, _) = device::select(device)?;
+        Command::Evaluate { data, weights, run, all, json, backend } => {
+            let (device, _) = device::select(backend)?;
             evaluate::run(&data, weights.as_deref(), run.as_deref(), all, json, &device)?;
             Ok(ExitCode::SUCCESS)
         }

@@ -63,12 +63,43 @@ pub fn auc_ci(scores: &[f32], labels: &[u8], resamples: usize, seed: u64) -> Opt
     Some((at(0.025), at(0.975)))
 }
 
+/// The ROC curve as (false-positive rate, true-positive rate) points from (0, 0) to (1, 1), one
+/// point per distinct score.
+pub fn roc(scores: &[f32], labels: &[u8]) -> Vec<(f64, f64)> {
+    let pos = labels.iter().filter(|&&l| l == 1).count().max(1) as f64;
+    let neg = labels.iter().filter(|&&l| l == 0).count().max(1) as f64;
+    let mut order: Vec<usize> = (0..scores.len()).collect();
+    order.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]));
+    let mut points = vec![(0.0, 0.0)];
+    let (mut tp, mut fp) = (0.0, 0.0);
+    for (k, &i) in order.iter().enumerate() {
+        if labels[i] == 1 { tp += 1.0 } else { fp += 1.0 }
+        if k + 1 == order.len() || scores[order[k + 1]] != scores[i] {
+            points.push((fp / neg, tp / pos));
+        }
+    }
+    points
+}
+
+/// The highest threshold whose sensitivity reaches `target` (predicted positive when
+/// `score >= threshold`); 0.5 when there is no positive.
+pub fn threshold_for_sensitivity(scores: &[f32], labels: &[u8], target: f64) -> f32 {
+    let mut positives: Vec<f32> = scores.iter().zip(labels).filter(|(_, l)| **l == 1).map(|(s, _)| *s).collect();
+    if positives.is_empty() {
+        return 0.5;
+    }
+    positives.sort_by(|a, b| b.total_cmp(a));
+    let k = ((target.clamp(0.0, 1.0) * positives.len() as f64).ceil() as usize).clamp(1, positives.len());
+    positives[k - 1]
+}
+
 /// Counts at a threshold (predicted positive when `score >= threshold`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct Confusion {
     pub tp: usize,
     pub fp: usize,
     pub tn: usize,
+    #[serde(rename = "fn")]
     pub fn_: usize,
 }
 
@@ -187,6 +218,22 @@ mod tests {
         let a = auc(&scores, &labels).unwrap();
         let (lo, hi) = auc_ci(&scores, &labels, 500, 1).unwrap();
         assert!(lo < a && a < hi && hi - lo < 0.2, "{lo} {a} {hi}");
+    }
+
+    #[test]
+    fn roc_and_threshold() {
+        let scores = [0.9, 0.8, 0.7, 0.6, 0.4, 0.3];
+        let labels = [1, 1, 0, 1, 0, 0];
+        let r = roc(&scores, &labels);
+        assert_eq!(r.first(), Some(&(0.0, 0.0)));
+        assert_eq!(r.last(), Some(&(1.0, 1.0)));
+        assert_eq!(r.len(), 7);
+        // Two of three positives reach 0.8; all three need 0.6.
+        assert_eq!(threshold_for_sensitivity(&scores, &labels, 0.6), 0.8);
+        assert_eq!(threshold_for_sensitivity(&scores, &labels, 0.9), 0.6);
+        let c = Confusion::at(&scores, &labels, 0.6);
+        assert_eq!(c.sensitivity(), 1.0);
+        assert_eq!(threshold_for_sensitivity(&scores, &[0; 6], 0.9), 0.5);
     }
 
     #[test]

@@ -26,7 +26,8 @@ use serde::{Deserialize, Serialize};
 use crate::augment::AugmentConfig;
 use crate::data::{self, Dataset, Item, Split};
 use crate::loader::{Failures, Loader, LoaderConfig};
-use crate::metrics::Report;
+use crate::metrics::{self, Report};
+use crate::plots;
 use crate::rng::Rng;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ValueEnum)]
@@ -55,11 +56,30 @@ pub struct TrainOptions {
     pub seed: u64,
     pub prevalence: Option<f64>,
     pub loss: LossKind,
+    /// Overrides the inverse-prevalence weights of class-weighted loss.
+    #[serde(default)]
+    pub class_weights: Option<[f32; 2]>,
+    /// Off-diagonal entry of the cost matrix.
+    #[serde(default = "default_cost")]
+    pub cost: f32,
+    /// Early stopping: epochs without a better validation AUC.
+    #[serde(default)]
+    pub patience: Option<usize>,
+    #[serde(default = "default_target_sensitivity")]
+    pub target_sensitivity: f64,
     pub augment_p: f32,
     pub augment_strength: f32,
     pub workers: usize,
     /// Use at most this many training images (quick runs and ablations).
     pub limit: Option<usize>,
+}
+
+fn default_cost() -> f32 {
+    5.0
+}
+
+fn default_target_sensitivity() -> f64 {
+    0.9
 }
 
 impl TrainOptions {
@@ -142,8 +162,9 @@ pub fn prepare_split(opts: &TrainOptions, out: &Path, data: &Dataset) -> Result<
 }
 
 /// Per-class loss weights for the training labels.
-pub fn class_weights(kind: LossKind, train: &[Item]) -> [f32; 2] {
+pub fn class_weights(kind: LossKind, train: &[Item], given: Option<[f32; 2]>) -> [f32; 2] {
     match kind {
+        LossKind::ClassWeighted if given.is_some() => given.unwrap_or([1.0, 1.0]),
         LossKind::ClassWeighted => {
             let n = train.len() as f32;
             let pos = train.iter().filter(|i| i.label == 1).count().max(1) as f32;
@@ -154,8 +175,9 @@ pub fn class_weights(kind: LossKind, train: &[Item]) -> [f32; 2] {
     }
 }
 
-/// The training loss for a batch of logits `[b, 2]`.
-pub fn loss(logits: Tensor<2>, labels: &[u8], kind: LossKind, weights: [f32; 2]) -> Tensor<1> {
+/// The training loss for a batch of logits `[b, 2]`. `weights` are the class weights
+/// (class-weighted), `cost` the off-diagonal entry of the cost matrix (cost-matrix).
+pub fn loss(logits: Tensor<2>, labels: &[u8], kind: LossKind, weights: [f32; 2], cost: f32) -> Tensor<1> {
     let device = logits.device();
     let b = labels.len();
     let onehot: Vec<f32> = labels.iter().flat_map(|&l| if l == 1 { [0.0, 1.0] } else { [1.0, 0.0] }).collect();
@@ -170,7 +192,7 @@ pub fn loss(logits: Tensor<2>, labels: &[u8], kind: LossKind, weights: [f32; 2])
             (nll * w).sum().div_scalar(total)
         }
         LossKind::CostMatrix => {
-            // W = [[1, 5], [5, 1]] indexed by (predicted, true): 5 for a wrong prediction.
+            // W[true, argmax prediction] = 1 on the diagonal, `cost` off it.
             let y = Tensor::<1>::from_data(
                 TensorData::new(labels.iter().map(|&l| f32::from(l)).collect::<Vec<_>>(), [b]),
                 &device,
@@ -182,7 +204,7 @@ pub fn loss(logits: Tensor<2>, labels: &[u8], kind: LossKind, weights: [f32; 2])
                 .greater(logits.slice(s![.., 0]))
                 .float()
                 .reshape([b]);
-            let mask = (predicted - y).abs().mul_scalar(4.0).add_scalar(1.0);
+            let mask = (predicted - y).abs().mul_scalar(cost - 1.0).add_scalar(1.0);
             (nll * mask).mean()
         }
     }
@@ -247,15 +269,30 @@ pub fn predict_all(
     (scores, labels, files, mean_loss, failed)
 }
 
-/// Train a model; returns the per-epoch results.
-pub fn train(
-    opts: &TrainOptions,
-    out: &Path,
-    base_device: &Device,
-    resume: bool,
-    quiet: bool,
-) -> Result<Vec<EpochResult>, String> {
+/// Train a model. Returns a summary line; the run folder holds the rest.
+pub fn train(opts: &TrainOptions, out: &Path, base_device: &Device, resume: bool, quiet: bool) -> Result<String, String> {
     check_writable(out)?;
+    let state_path = out.join("state.json");
+    let opts_path = out.join("options.json");
+    if !resume && state_path.exists() {
+        return Err(format!(
+            "{} already holds a run; use --resume {} to continue it or choose another --out",
+            out.display(),
+            out.display()
+        ));
+    }
+    let opts = if resume {
+        let text = fs::read_to_string(&opts_path)
+            .map_err(|e| format!("{}: {e} (is {} a run folder?)", opts_path.display(), out.display()))?;
+        let mut saved: TrainOptions = serde_json::from_str(&text).map_err(|e| io_err(&opts_path, e))?;
+        if !opts.data.as_os_str().is_empty() {
+            saved.data = opts.data.clone();
+        }
+        saved.epochs = opts.epochs.max(saved.epochs);
+        saved
+    } else {
+        opts.clone()
+    };
     let data = data::discover(&opts.data).map_err(|e| e.to_string())?;
     if !quiet {
         eprintln!(
@@ -270,23 +307,6 @@ pub fn train(
             eprintln!("  skipped {file}: {reason}");
         }
     }
-    let state_path = out.join("state.json");
-    let opts_path = out.join("options.json");
-    if !resume && state_path.exists() {
-        return Err(format!(
-            "{} already holds a run; use --resume to continue it or choose another --out",
-            out.display()
-        ));
-    }
-    let opts = if resume && opts_path.is_file() {
-        let text = fs::read_to_string(&opts_path).map_err(|e| io_err(&opts_path, e))?;
-        let mut saved: TrainOptions = serde_json::from_str(&text).map_err(|e| io_err(&opts_path, e))?;
-        saved.data = opts.data.clone();
-        saved.epochs = opts.epochs.max(saved.epochs);
-        saved
-    } else {
-        opts.clone()
-    };
     write_atomic(&opts_path, &serde_json::to_vec_pretty(&opts).map_err(|e| e.to_string())?)?;
     let split = prepare_split(&opts, out, &data)?;
     let mut train_items = split.train.clone();
@@ -294,7 +314,7 @@ pub fn train(
         Rng::new(opts.seed).fork(99).shuffle(&mut train_items);
         train_items.truncate(limit);
     }
-    let weights = class_weights(opts.loss, &train_items);
+    let weights = class_weights(opts.loss, &train_items, opts.class_weights);
     let pos = train_items.iter().filter(|i| i.label == 1).count();
     if !quiet {
         eprintln!(
@@ -337,15 +357,24 @@ pub fn train(
         fs::write(&metrics_path, "epoch,train_loss,valid_loss,valid_auc,auc_lo,auc_hi,accuracy,sensitivity,specificity,lr,seconds\n")
             .map_err(|e| io_err(&metrics_path, e))?;
     }
-    let mut results = Vec::new();
     let s = opts.input_size;
+    let mut stopped_early = false;
     for epoch in state.epoch..opts.epochs {
+        if let Some(patience) = opts.patience {
+            if state.best_epoch > 0 && epoch >= state.best_epoch + patience {
+                stopped_early = true;
+                if !quiet {
+                    eprintln!("early stop: no better validation AUC for {patience} epochs");
+                }
+                break;
+            }
+        }
         let started = Instant::now();
         let mut order = train_items.clone();
         Rng::new(opts.seed).fork(1000 + epoch as u64).shuffle(&mut order);
         let failures: Failures = Default::default();
         let seed = opts.seed.wrapping_mul(31).wrapping_add(epoch as u64);
-        let batches = Loader::start(data.root.clone(), order, &loader, Some(augmentation.clone()), seed, failures);
+        let batches = Loader::start(data.root.clone(), order, &loader, Some(augmentation.clone()), seed, failures.clone());
         let pb = bar(train_items.len(), format!("epoch {}/{}", epoch + 1, opts.epochs), quiet);
         let (mut loss_sum, mut seen) = (0.0f64, 0usize);
         let mut lr = opts.lr;
@@ -353,7 +382,7 @@ pub fn train(
             let n = batch.len();
             lr = learning_rate(opts.lr, epoch * steps_per_epoch + i, total_steps);
             let x = Tensor::<4>::from_data(TensorData::new(batch.pixels, [n, 1, s, s]), &device);
-            let l = loss(model.forward(x), &batch.labels, opts.loss, weights);
+            let l = loss(model.forward(x), &batch.labels, opts.loss, weights, opts.cost);
             let value: f32 = l.clone().into_scalar();
             if !value.is_finite() {
                 return Err(format!("the loss became {value} at epoch {} step {i}; lower --lr", epoch + 1));
@@ -366,6 +395,10 @@ pub fn train(
             pb.set_message(format!("loss {:.4}", loss_sum / seen as f64));
         }
         pb.finish_and_clear();
+        let failed = failures.lock().map(|f| f.len()).unwrap_or(0);
+        if failed > 0 && !quiet {
+            eprintln!("  {failed} training image(s) could not be decoded and were skipped");
+        }
 
         let eval = model.valid();
         let (scores, labels, _, valid_loss, _) =
@@ -394,7 +427,7 @@ pub fn train(
         let improved = auc > state.best_auc;
         if !quiet {
             eprintln!(
-                "epoch {:>3}/{}: train loss {:.4}, valid loss {:.4}, AUC {}, acc {:.3}, sens {:.3}, spec {:.3}, {:.0} s{}",
+                "epoch {:>3}/{}: train loss {:.4}, valid loss {:.4}, AUC {}, acc {:.3}, sens {:.3}, spec {:.3} (at 0.5), {:.0} s{}",
                 result.epoch, opts.epochs, result.train_loss, valid_loss, result.report.auc_text(),
                 result.report.accuracy, result.report.sensitivity, result.report.specificity, result.seconds,
                 if improved { "  *best*" } else { "" }
@@ -403,9 +436,15 @@ pub fn train(
         if improved {
             state.best_auc = auc;
             state.best_epoch = epoch + 1;
-            let info = checkpoint_info(&opts, &arch, &result, &split, &data);
+            let threshold = metrics::threshold_for_sensitivity(&scores, &labels, opts.target_sensitivity);
+            let at_threshold = Report::new(&scores, &labels, threshold);
+            let info = checkpoint_info(&opts, &arch, &result, &at_threshold, &split, &data);
             let bytes = cxr::weights::encode(eval.clone(), &info).map_err(|e| e.to_string())?;
             write_atomic(&out.join("best.cxrw"), &bytes)?;
+            let roc = plots::roc_chart(&metrics::roc(&scores, &labels), at_threshold.auc);
+            write_atomic(&out.join("roc.svg"), roc.as_bytes())?;
+            let best = serde_json::json!({ "epoch": epoch + 1, "validation": at_threshold, "scores": scores, "labels": labels });
+            write_atomic(&out.join("best.json"), &serde_json::to_vec_pretty(&best).map_err(|e| e.to_string())?)?;
         }
         // Resume state: weights and optimizer first, the state file that points at them last.
         state.epoch = epoch + 1;
@@ -414,27 +453,84 @@ pub fn train(
         let optim_bytes = optim.into_bytes().map_err(|e| e.to_string())?;
         write_atomic(&out.join("last.optim"), &optim_bytes)?;
         write_atomic(&state_path, &serde_json::to_vec_pretty(&state).map_err(|e| e.to_string())?)?;
-        results.push(result);
+        write_report(out, &opts, &state, stopped_early)?;
     }
-    Ok(results)
+    write_report(out, &opts, &state, stopped_early)?;
+    Ok(format!(
+        "best validation AUC {:.3} at epoch {}; checkpoint {}, report {}",
+        state.best_auc,
+        state.best_epoch,
+        out.join("best.cxrw").display(),
+        out.join("report.json").display()
+    ))
 }
 
-fn checkpoint_info(opts: &TrainOptions, arch: &ResNetConfig, result: &EpochResult, split: &Split, data: &Dataset) -> ModelInfo {
-    let mut info = ModelInfo::new(format!("ResNet (width x{}) effusion classifier", opts.width), arch.clone());
+/// Per-epoch rows of `metrics.csv`: (epoch, train loss, valid loss, valid AUC).
+fn read_metrics(path: &Path) -> Vec<(f64, f64, f64, f64)> {
+    fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .skip(1)
+        .filter_map(|l| {
+            let v: Vec<f64> = l.split(',').map(|x| x.parse().unwrap_or(f64::NAN)).collect();
+            (v.len() >= 4).then(|| (v[0], v[1], v[2], v[3]))
+        })
+        .collect()
+}
+
+/// `report.json` and `curves.svg`: the whole run at a glance, rewritten after every epoch.
+fn write_report(out: &Path, opts: &TrainOptions, state: &RunState, stopped_early: bool) -> Result<(), String> {
+    let rows = read_metrics(&out.join("metrics.csv"));
+    let best: serde_json::Value = fs::read(out.join("best.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+        .map(|mut v| {
+            if let Some(o) = v.as_object_mut() {
+                o.remove("scores");
+                o.remove("labels");
+            }
+            v
+        })
+        .unwrap_or_default();
+    let report = serde_json::json!({
+        "epochs_completed": state.epoch,
+        "best_epoch": state.best_epoch,
+        "best": best,
+        "stopped_early": stopped_early,
+        "per_epoch": rows.iter().map(|r| serde_json::json!({"epoch": r.0, "train_loss": r.1, "valid_loss": r.2, "valid_auc": r.3})).collect::<Vec<_>>(),
+        "options": opts,
+        "checkpoint": "best.cxrw",
+        "pictures": ["roc.svg", "curves.svg"],
+    });
+    write_atomic(&out.join("report.json"), &serde_json::to_vec_pretty(&report).map_err(|e| e.to_string())?)?;
+    let last = rows.last().map(|r| r.0).unwrap_or(1.0).max(2.0);
+    let max_loss = rows.iter().flat_map(|r| [r.1, r.2]).filter(|v| v.is_finite()).fold(1.0, f64::max);
+    let curves = plots::line_chart("Training curves", "epoch", "loss / AUC", (1.0, last), (0.0, max_loss.min(3.0)), &[
+        plots::Series { name: "train loss", color: "#d92d20", points: rows.iter().map(|r| (r.0, r.1)).collect() },
+        plots::Series { name: "validation loss", color: "#f79009", points: rows.iter().map(|r| (r.0, r.2)).collect() },
+        plots::Series { name: "validation AUC", color: "#2463eb", points: rows.iter().map(|r| (r.0, r.3)).collect() },
+    ]);
+    write_atomic(&out.join("curves.svg"), curves.as_bytes())
+}
+
+fn checkpoint_info(opts: &TrainOptions, arch: &ResNetConfig, result: &EpochResult, at: &Report, split: &Split, data: &Dataset) -> ModelInfo {
+    let mut info = ModelInfo::new(format!("ResNet-18 layout at width x{} (effusion vs no finding)", opts.width), arch.clone());
     info.input_size = opts.input_size;
-    info.threshold = 0.5;
+    info.threshold = at.threshold;
     let count = |items: &[Item], l: u8| items.iter().filter(|i| i.label == l).count();
     info.card = serde_json::json!({
         "epoch": result.epoch,
         "validation": {
-            "images": result.report.images,
-            "effusion": result.report.positives,
-            "auc": result.report.auc,
-            "auc_ci95": result.report.auc_ci95,
-            "threshold": 0.5,
-            "accuracy": result.report.accuracy,
-            "sensitivity": result.report.sensitivity,
-            "specificity": result.report.specificity,
+            "images": at.images,
+            "effusion": at.positives,
+            "auc": at.auc,
+            "auc_ci95": at.auc_ci95,
+            "threshold": at.threshold,
+            "threshold_rule": format!("highest threshold with validation sensitivity >= {}", opts.target_sensitivity),
+            "accuracy": at.accuracy,
+            "sensitivity": at.sensitivity,
+            "specificity": at.specificity,
+            "confusion": at.confusion,
             "files": split.valid.iter().map(|i| i.file.clone()).collect::<Vec<_>>(),
         },
         "training": {
@@ -447,6 +543,16 @@ fn checkpoint_info(opts: &TrainOptions, arch: &ResNetConfig, result: &EpochResul
         "date": today(),
     });
     info
+}
+
+/// A run-folder name from the current time: YYYY-MM-DD-HHMMSS (UTC).
+pub fn timestamp() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let t = secs % 86_400;
+    format!("{}-{:02}{:02}{:02}", today(), t / 3600, t / 60 % 60, t % 60)
 }
 
 /// Today's date (UTC) as YYYY-MM-DD, without a date crate.
@@ -477,10 +583,11 @@ mod tests {
         let items: Vec<Item> = (0..110)
             .map(|i| Item { file: i.to_string(), label: u8::from(i < 10), patient: None })
             .collect();
-        let w = class_weights(LossKind::ClassWeighted, &items);
+        let w = class_weights(LossKind::ClassWeighted, &items, None);
         // Total weight of each class is equal.
         assert!((w[1] * 10.0 - w[0] * 100.0).abs() < 1e-3);
-        assert_eq!(class_weights(LossKind::Ce, &items), [1.0, 1.0]);
+        assert_eq!(class_weights(LossKind::Ce, &items, None), [1.0, 1.0]);
+        assert_eq!(class_weights(LossKind::ClassWeighted, &items, Some([1.0, 2.0])), [1.0, 2.0]);
     }
 
     #[test]
@@ -490,13 +597,15 @@ mod tests {
         let labels = [1u8, 1u8];
         let nll0 = -(0f32.exp() / (2f32.exp() + 1.0)).ln(); // wrong prediction
         let nll1 = -(1f32.exp() / (1.0 + 1f32.exp())).ln(); // right prediction
-        let ce: f32 = loss(logits.clone(), &labels, LossKind::Ce, [1.0, 1.0]).into_scalar();
+        let ce: f32 = loss(logits.clone(), &labels, LossKind::Ce, [1.0, 1.0], 5.0).into_scalar();
         assert!((ce - (nll0 + nll1) / 2.0).abs() < 1e-5);
-        let cm: f32 = loss(logits.clone(), &labels, LossKind::CostMatrix, [1.0, 1.0]).into_scalar();
+        let cm: f32 = loss(logits.clone(), &labels, LossKind::CostMatrix, [1.0, 1.0], 5.0).into_scalar();
         assert!((cm - (5.0 * nll0 + nll1) / 2.0).abs() < 1e-5);
+        let cm3: f32 = loss(logits.clone(), &labels, LossKind::CostMatrix, [1.0, 1.0], 3.0).into_scalar();
+        assert!((cm3 - (3.0 * nll0 + nll1) / 2.0).abs() < 1e-5);
         let labels = [0u8, 1u8];
         let nll_a = -(2f32.exp() / (2f32.exp() + 1.0)).ln();
-        let cw: f32 = loss(logits, &labels, LossKind::ClassWeighted, [1.0, 3.0]).into_scalar();
+        let cw: f32 = loss(logits, &labels, LossKind::ClassWeighted, [1.0, 3.0], 5.0).into_scalar();
         assert!((cw - (nll_a + 3.0 * nll1) / 4.0).abs() < 1e-5);
     }
 
@@ -506,6 +615,60 @@ mod tests {
         assert!((learning_rate(1e-3, 30, 1000) - 1e-3).abs() < 1e-5);
         assert!(learning_rate(1e-3, 500, 1000) < 6e-4);
         assert!((learning_rate(1e-3, 999, 1000) - 1e-5).abs() < 1e-6);
+    }
+
+    fn fixture_batch(size: usize) -> (Vec<f32>, Vec<u8>) {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures");
+        let mut pixels = Vec::new();
+        let mut labels = Vec::new();
+        for (name, label) in [("effusion10.png", 1), ("effusion101.png", 1), ("normal0.png", 0), ("normal1.png", 0)] {
+            let bytes = std::fs::read(dir.join(name)).unwrap();
+            pixels.extend(cxr::preprocess::preprocess(&bytes, size).unwrap().pixels);
+            labels.push(label);
+        }
+        (pixels, labels)
+    }
+
+    #[test]
+    fn a_fixed_batch_of_real_xrays_can_be_overfit_and_checkpoints_reload() {
+        let size = 64;
+        let (pixels, labels) = fixture_batch(size);
+        let device = Device::flex().autodiff();
+        let arch = ResNetConfig::resnet18().with_width(0.125);
+        let mut model = arch.init(&device);
+        let mut optim = AdamWConfig::new().init();
+        let x = || Tensor::<4>::from_data(TensorData::new(pixels.clone(), [4, 1, size, size]), &device);
+        let mut first = f32::NAN;
+        let mut last = f32::NAN;
+        for step in 0..40 {
+            let l = loss(model.forward(x()), &labels, LossKind::ClassWeighted, [1.0, 1.0], 5.0);
+            last = l.clone().into_scalar();
+            assert!(last.is_finite(), "loss {last} at step {step}");
+            if step == 0 {
+                first = last;
+            }
+            let grads = GradientsParams::from_grads(l.backward(), &model);
+            model = optim.step(3e-3, model, grads);
+        }
+        assert!(last < 0.1 && last < first / 4.0, "loss went from {first} to {last}");
+
+        // The resume checkpoint (f32 burn record) reloads to identical logits; the exported
+        // weight file (f16) to the same logits within f16 precision.
+        let eval = model.valid();
+        let plain = Device::flex();
+        let input = Tensor::<4>::from_data(TensorData::new(pixels.clone(), [4, 1, size, size]), &plain);
+        let before = eval.forward(input.clone()).into_data().try_to_vec::<f32>().unwrap();
+        let record = ModuleRecord::from_bytes(eval.clone().into_record().into_bytes().unwrap()).unwrap();
+        let reloaded = arch.init(&plain).try_load_record(record).unwrap().valid();
+        assert_eq!(reloaded.forward(input.clone()).into_data().try_to_vec::<f32>().unwrap(), before);
+        let mut info = ModelInfo::new("test", arch.clone());
+        info.input_size = size;
+        let bytes = cxr::weights::encode(eval, &info).unwrap();
+        let (exported, _) = cxr::weights::decode(&bytes, &plain).unwrap();
+        let after = exported.forward(input).into_data().try_to_vec::<f32>().unwrap();
+        for (a, b) in before.iter().zip(&after) {
+            assert!((a - b).abs() < 0.05 * (1.0 + a.abs()), "{a} vs {b}");
+        }
     }
 
     #[test]

@@ -1,0 +1,56 @@
+//! End-to-end: real NIH X-rays (tests/fixtures) through the embedded model, natively.
+
+use std::path::{Path, PathBuf};
+
+use burn::tensor::Device;
+use cxr::Classifier;
+use image::{DynamicImage, ImageFormat};
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
+}
+
+fn encode(image: &DynamicImage, format: ImageFormat) -> Vec<u8> {
+    let mut out = std::io::Cursor::new(Vec::new());
+    image.write_to(&mut out, format).unwrap();
+    out.into_inner()
+}
+
+#[test]
+fn fixtures_are_classified_with_a_cam() {
+    let classifier = Classifier::embedded(&Device::flex()).unwrap();
+    for name in ["effusion10.png", "effusion101.png", "normal0.png", "normal1.png"] {
+        let p = classifier.classify(&std::fs::read(fixture(name)).unwrap()).unwrap();
+        assert!((0.0..=1.0).contains(&p.probability), "{name}");
+        assert_eq!(p.cam.len(), p.cam_size * p.cam_size);
+        let max = p.cam.iter().cloned().fold(0f32, f32::max);
+        assert!(max <= 1.0 + 1e-5 && p.cam.iter().all(|v| *v >= -1e-6), "{name}: CAM max {max}");
+    }
+}
+
+#[test]
+fn sixteen_bit_rgb_and_eight_bit_versions_agree() {
+    let classifier = Classifier::embedded(&Device::flex()).unwrap();
+    let bytes = std::fs::read(fixture("effusion101.png")).unwrap();
+    let grey = image::load_from_memory(&bytes).unwrap();
+    let base = classifier.classify(&bytes).unwrap().probability;
+    let sixteen = DynamicImage::ImageLuma16(grey.to_luma16());
+    let rgb = DynamicImage::ImageRgb8(grey.to_rgb8());
+    for (what, image, format) in [("16-bit PNG", &sixteen, ImageFormat::Png), ("RGB PNG", &rgb, ImageFormat::Png), ("TIFF", &grey, ImageFormat::Tiff)] {
+        let p = classifier.classify(&encode(image, format)).unwrap().probability;
+        assert!((p - base).abs() < 0.01, "{what}: {p} vs {base}");
+    }
+}
+
+#[test]
+fn the_recorded_reference_logits_are_reproduced() {
+    // `trainer export` recorded the logits of www/sample.png; the page's self-test compares
+    // against them, so they must be what this code computes.
+    let classifier = Classifier::embedded(&Device::flex()).unwrap();
+    let reference = classifier.info().reference.clone().expect("export records reference logits");
+    let sample = Path::new(env!("CARGO_MANIFEST_DIR")).join("www").join(&reference.sample);
+    let p = classifier.classify(&std::fs::read(sample).unwrap()).unwrap();
+    for (a, b) in p.logits.iter().zip(&reference.logits) {
+        assert!((a - b).abs() < 1e-4, "{:?} vs {:?}", p.logits, reference.logits);
+    }
+}

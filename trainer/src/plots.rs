@@ -1,0 +1,88 @@
+//! Small SVG charts for the run report: the ROC curve and the per-epoch curves. Plain SVG text,
+//! readable in any browser, with no plotting dependency.
+
+use std::fmt::Write;
+
+const W: f64 = 480.0;
+const H: f64 = 360.0;
+const M: f64 = 48.0;
+
+/// One line of a chart: name, colour, points in data coordinates.
+pub struct Series<'a> {
+    pub name: &'a str,
+    pub color: &'a str,
+    pub points: Vec<(f64, f64)>,
+}
+
+fn escape(text: &str) -> String {
+    text.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
+}
+
+/// A line chart with axes from `x` and `y` ranges, ticks, labels and a legend.
+pub fn line_chart(title: &str, x_label: &str, y_label: &str, x: (f64, f64), y: (f64, f64), series: &[Series]) -> String {
+    let sx = |v: f64| M + (v - x.0) / (x.1 - x.0).max(1e-12) * (W - 2.0 * M);
+    let sy = |v: f64| H - M - (v - y.0) / (y.1 - y.0).max(1e-12) * (H - 2.0 * M);
+    let mut svg = String::new();
+    let _ = write!(
+        svg,
+        r##"<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" viewBox="0 0 {W} {H}" font-family="sans-serif" font-size="11">
+<rect width="100%" height="100%" fill="#fff"/>
+<text x="{}" y="20" text-anchor="middle" font-size="14">{}</text>
+<line x1="{M}" y1="{}" x2="{}" y2="{}" stroke="#333"/><line x1="{M}" y1="{M}" x2="{M}" y2="{}" stroke="#333"/>
+<text x="{}" y="{}" text-anchor="middle">{}</text>
+<text x="14" y="{}" text-anchor="middle" transform="rotate(-90 14 {})">{}</text>
+"##,
+        W / 2.0, escape(title), H - M, W - M, H - M, H - M, W / 2.0, H - 10.0, escape(x_label), H / 2.0, H / 2.0, escape(y_label)
+    );
+    for i in 0..=4 {
+        let t = i as f64 / 4.0;
+        let (vx, vy) = (x.0 + t * (x.1 - x.0), y.0 + t * (y.1 - y.0));
+        let _ = write!(
+            svg,
+            r##"<text x="{:.1}" y="{:.1}" text-anchor="middle">{}</text><text x="{:.1}" y="{:.1}" text-anchor="end">{}</text><line x1="{M}" y1="{:.1}" x2="{:.1}" y2="{:.1}" stroke="#eee"/>
+"##,
+            sx(vx), H - M + 16.0, tick(vx), M - 6.0, sy(vy) + 4.0, tick(vy), sy(vy), W - M, sy(vy)
+        );
+    }
+    for (k, s) in series.iter().enumerate() {
+        let path: Vec<String> = s.points.iter().map(|&(a, b)| format!("{:.1},{:.1}", sx(a), sy(b))).collect();
+        let _ = write!(
+            svg,
+            r##"<polyline fill="none" stroke="{}" stroke-width="2" points="{}"/><text x="{:.1}" y="{:.1}" fill="{}">{}</text>
+"##,
+            s.color, path.join(" "), W - M - 130.0, M + 14.0 * (k as f64 + 1.0), s.color, escape(s.name)
+        );
+    }
+    svg.push_str("</svg>\n");
+    svg
+}
+
+fn tick(v: f64) -> String {
+    if v.fract() == 0.0 && v.abs() < 1e6 { format!("{v:.0}") } else { format!("{v:.2}") }
+}
+
+/// The ROC curve with the chance diagonal.
+pub fn roc_chart(points: &[(f64, f64)], auc: Option<f64>) -> String {
+    let title = match auc {
+        Some(a) => format!("Validation ROC (AUC {a:.3})"),
+        None => "Validation ROC".into(),
+    };
+    line_chart(&title, "false-positive rate (1 - specificity)", "true-positive rate (sensitivity)", (0.0, 1.0), (0.0, 1.0), &[
+        Series { name: "model", color: "#2463eb", points: points.to_vec() },
+        Series { name: "chance", color: "#999", points: vec![(0.0, 0.0), (1.0, 1.0)] },
+    ])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn charts_are_svg_with_every_series() {
+        let svg = roc_chart(&[(0.0, 0.0), (0.2, 0.7), (1.0, 1.0)], Some(0.8));
+        assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
+        assert!(svg.contains("AUC 0.800") && svg.matches("<polyline").count() == 2);
+        let svg = line_chart("a < b", "x", "y", (1.0, 3.0), (0.0, 2.0), &[Series { name: "s", color: "red", points: vec![(1.0, 0.5)] }]);
+        assert!(svg.contains("a &lt; b"));
+    }
+}

@@ -1,0 +1,127 @@
+//! End-to-end tests of the `trainer` command line on small real X-rays (tests/fixtures).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn trainer(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_trainer"))
+        .args(args)
+        .output()
+        .expect("run trainer")
+}
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures")
+}
+
+fn temp(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("cxr-cli-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// A folder-per-class data set of the fixture X-rays, each written several times (as 8-bit
+/// PNG, and re-encoded) so a split has images on both sides.
+fn dataset() -> PathBuf {
+    let dir = temp("data");
+    for (class, prefix) in [("effusion", "effusion"), ("nofinding", "normal")] {
+        std::fs::create_dir_all(dir.join(class)).unwrap();
+        for entry in std::fs::read_dir(fixtures()).unwrap() {
+            let path = entry.unwrap().path();
+            let name = path.file_name().unwrap().to_string_lossy().into_owned();
+            if name.starts_with(prefix) && name.ends_with(".png") {
+                let img = image::open(&path).unwrap();
+                for k in 0..3 {
+                    let small = img.resize_exact(96 + 16 * k, 96 + 16 * k, image::imageops::FilterType::Triangle);
+                    small.save(dir.join(class).join(format!("{k}-{name}"))).unwrap();
+                }
+            }
+        }
+    }
+    std::fs::write(dir.join("effusion/corrupt.png"), b"\x89PNG\r\n\x1a\nbroken").unwrap();
+    dir
+}
+
+#[test]
+fn predict_reports_each_file_and_fails_only_the_bad_ones() {
+    let dir = temp("predict");
+    let bad = dir.join("notes.png");
+    std::fs::write(&bad, "not an image").unwrap();
+    let good = fixtures().join("effusion10.png");
+    let cam = dir.join("cam.png");
+    let out = trainer(&["predict", "--json", "--cam", cam.to_str().unwrap(), good.to_str().unwrap(), bad.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
+    let rows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let p = rows[0]["probability"].as_f64().unwrap();
+    assert!((0.0..=1.0).contains(&p));
+    assert!(["effusion", "nofinding"].contains(&rows[0]["label"].as_str().unwrap()));
+    assert!(rows[1]["error"].as_str().unwrap().contains("not an image format"));
+    // Several files: one overlay per good file, named after it, as big as the X-ray.
+    let overlay = image::open(dir.join("cam.effusion10.png")).unwrap();
+    assert_eq!((overlay.width(), overlay.height()), (512, 512));
+    let out = trainer(&["predict", good.to_str().unwrap()]);
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("probability of effusion"));
+}
+
+#[test]
+fn train_evaluate_resume_and_export() {
+    let data = dataset();
+    let run = temp("run");
+    let common = ["--data", data.to_str().unwrap(), "--out", run.to_str().unwrap(), "--input-size", "64",
+        "--width", "0.125", "--batch-size", "4", "--valid-fraction", "0.34", "--device", "cpu", "--quiet"];
+    let out = trainer(&[&["train", "--epochs", "2"][..], &common[..]].concat());
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let metrics = std::fs::read_to_string(run.join("metrics.csv")).unwrap();
+    assert_eq!(metrics.lines().count(), 3, "{metrics}");
+    assert!(run.join("best.cxrw").is_file() && run.join("split.json").is_file());
+
+    // A second `train` into the same folder refuses; --resume continues at epoch 3.
+    let again = trainer(&[&["train", "--epochs", "3"][..], &common[..]].concat());
+    assert_eq!(again.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&again.stderr).contains("--resume"));
+    let resumed = trainer(&[&["train", "--epochs", "3", "--resume"][..], &common[..]].concat());
+    assert!(resumed.status.success(), "{}", String::from_utf8_lossy(&resumed.stderr));
+    let metrics = std::fs::read_to_string(run.join("metrics.csv")).unwrap();
+    assert_eq!(metrics.lines().count(), 4, "{metrics}");
+    assert!(metrics.lines().last().unwrap().starts_with("3,"));
+
+    let weights = run.join("best.cxrw");
+    let eval = trainer(&["evaluate", "--data", data.to_str().unwrap(), "--weights", weights.to_str().unwrap(),
+        "--run", run.to_str().unwrap(), "--json", "--device", "cpu"]);
+    assert!(eval.status.success(), "{}", String::from_utf8_lossy(&eval.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&eval.stdout).unwrap();
+    let split: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(run.join("split.json")).unwrap()).unwrap();
+    assert_eq!(report["images"].as_u64().unwrap() as usize, split["valid"].as_array().unwrap().len());
+    let auc = report["auc"].as_f64().unwrap();
+    assert!((0.0..=1.0).contains(&auc));
+
+    let export = temp("export");
+    let sample = fixtures().join("effusion10.png");
+    let out = trainer(&["export", "--run", run.to_str().unwrap(), "--out", export.to_str().unwrap(),
+        "--sample", sample.to_str().unwrap(), "--command", "trainer train ..."]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let card = std::fs::read_to_string(export.join("MODEL_CARD.md")).unwrap();
+    assert!(card.contains("Not for clinical use") && card.contains("Wang X") && card.contains("trainer train ..."));
+    let info = cxr::weights::read_info(&std::fs::read(export.join("effusion.cxrw")).unwrap()).unwrap();
+    assert_eq!(info.reference.unwrap().sample, "effusion10.png");
+    assert_eq!(info.input_size, 64);
+}
+
+#[test]
+fn data_and_output_problems_are_clear_errors() {
+    let out = trainer(&["train", "--data", "/nonexistent/data", "--out", "/tmp/cxr-never", "--device", "cpu"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("does not exist"));
+    let data = temp("empty");
+    std::fs::create_dir_all(data.join("effusion")).unwrap();
+    let out = trainer(&["train", "--data", data.to_str().unwrap(), "--out", "/tmp/cxr-never", "--device", "cpu"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("nofinding"));
+    // An output folder that cannot be created is reported before any training.
+    let file = data.join("a-file");
+    std::fs::write(&file, "x").unwrap();
+    let out = trainer(&["train", "--data", data.to_str().unwrap(), "--out", file.join("run").to_str().unwrap(), "--device", "cpu"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot create run folder"));
+}
