@@ -100,7 +100,14 @@ impl ModuleMapper for CastTo {
 pub fn encode(model: ResNet, info: &ModelInfo) -> Result<Vec<u8>, WeightsError> {
     info.validate()?;
     let json = serde_json::to_vec(info).map_err(|e| WeightsError::Config(e.to_string()))?;
-    let pack = model
+    // Cast an independent copy: mapping a module can reach parameters it shares with clones of
+    // itself, and the caller's model must stay f32.
+    let copy = info
+        .architecture
+        .init(&Device::flex())
+        .try_load_record(model.into_record())
+        .map_err(|e| WeightsError::Mismatch(e.to_string()))?;
+    let pack = copy
         .map(&mut CastTo(DType::F16))
         .into_record()
         .into_bytes()
@@ -152,6 +159,9 @@ fn split(bytes: &[u8]) -> Result<(ModelInfo, &[u8]), WeightsError> {
 }
 
 /// Build the architecture a weight file describes, on `device`, and load its parameters (as f32).
+///
+/// The f16 → f32 conversion happens on the CPU: not every GPU (nor WebGPU adapter) has f16
+/// shaders, so only f32 tensors are moved to `device`.
 pub fn decode(bytes: &[u8], device: &Device) -> Result<(ResNet, ModelInfo), WeightsError> {
     let (info, pack) = split(bytes)?;
     if pack.is_empty() {
@@ -159,12 +169,14 @@ pub fn decode(bytes: &[u8], device: &Device) -> Result<(ResNet, ModelInfo), Weig
     }
     let record = ModuleRecord::from_bytes(Bytes::from_bytes_vec(pack.to_vec()))
         .map_err(|e| WeightsError::Truncated(e.to_string()))?;
+    let cpu = Device::flex();
     let model = info
         .architecture
-        .init(device)
+        .init(&cpu)
         .try_load_record(record)
         .map_err(|e| WeightsError::Mismatch(e.to_string()))?
         .map(&mut CastTo(DType::F32));
+    let model = if *device == cpu { model } else { model.to_device(device) };
     Ok((model, info))
 }
 
@@ -222,6 +234,21 @@ mod tests {
         for (a, b) in before.iter().zip(&after) {
             assert!((a - b).abs() < 1e-2 * (1.0 + a.abs()), "{a} vs {b}");
         }
+    }
+
+    #[test]
+    fn encoding_leaves_the_callers_model_in_f32() {
+        let device = Device::flex();
+        let model = tiny().init(&device);
+        encode(model.clone(), &ModelInfo::new("tiny", tiny())).unwrap();
+        let record = model.clone().into_record().into_bytes().unwrap();
+        let reloaded = tiny().init(&device).try_load_record(ModuleRecord::from_bytes(record).unwrap()).unwrap();
+        let x = Tensor::<4>::random([1, 1, 32, 32], Distribution::Uniform(0.0, 1.0), &device);
+        assert_eq!(reloaded.forward(x.clone()).dtype(), DType::F32);
+        assert_eq!(
+            reloaded.forward(x.clone()).into_data().try_to_vec::<f32>().unwrap(),
+            model.forward(x).into_data().try_to_vec::<f32>().unwrap()
+        );
     }
 
     #[test]

@@ -1,7 +1,7 @@
 // The page: file input (drop, picker, paste, sample) → worker → drawing. Logic lives in Rust.
 const $ = (id) => document.getElementById(id);
 const params = new URLSearchParams(location.search);
-const worker = new Worker(new URL('worker.js', import.meta.url), { type: 'module' });
+let worker = null;
 let nextId = 1;
 const pending = new Map();
 let sampleName = null;
@@ -15,11 +15,11 @@ function showError(message) {
 
 function setStatus(text) { $('status').textContent = text; }
 
-worker.onmessage = (event) => {
+function onMessage(event) {
   const msg = event.data;
   if (msg.type === 'ready') {
     sampleName = msg.info.reference ? msg.info.reference.sample : 'sample.png';
-    $('backend').textContent = msg.note;
+    $('backend').textContent = fallbackNote || msg.note;
     modelReady = true;
     document.body.dataset.backend = msg.backend;
     document.body.dataset.state = 'ready';
@@ -27,17 +27,54 @@ worker.onmessage = (event) => {
     setStatus(msg.selfTest.ok ? 'Model ready.' : 'Model ready, but its self-test failed: results may be wrong.');
     showCard(msg.info, msg.card);
   } else if (msg.type === 'fatal') {
-    document.body.dataset.state = 'failed';
-    setStatus('');
-    showError(`The model could not start: ${msg.message}`);
+    startFailed(msg.message);
+  } else if (msg.type === 'crashed') {
+    restartAfterCrash(`the model crashed on this file (${msg.message}) and was restarted`);
   } else {
     const done = pending.get(msg.id);
     pending.delete(msg.id);
     if (done) done(msg);
   }
-};
-worker.onerror = (e) => showError(`The model worker failed: ${e.message || 'unknown error'}`);
-worker.postMessage({ type: 'init', backend: params.get('backend') || 'auto' });
+}
+
+// A GPU driver can crash the wasm instance outright; then start again on the CPU in a new worker.
+function startFailed(message) {
+  if (!modelReady && requestedBackend !== 'cpu') {
+    startWorker('cpu', `the GPU path failed (${message}); using CPU`);
+    return;
+  }
+  document.body.dataset.state = 'failed';
+  setStatus('');
+  showError(`The model could not start: ${message}`);
+}
+
+function restartAfterCrash(message) {
+  const waiting = [...pending.values()];
+  pending.clear();
+  modelReady = false;
+  document.body.dataset.state = 'loading';
+  startWorker(requestedBackend, fallbackNote);
+  for (const done of waiting) done({ type: 'error', message });
+}
+
+let requestedBackend = null;
+let fallbackNote = null;
+function startWorker(backend, note = null) {
+  if (worker) worker.terminate();
+  for (const done of pending.values()) done({ type: 'error', message: 'the model restarted; drop the file again' });
+  pending.clear();
+  requestedBackend = backend;
+  fallbackNote = note;
+  worker = new Worker(new URL('worker.js', import.meta.url), { type: 'module' });
+  worker.onmessage = onMessage;
+  worker.onerror = (e) => {
+    e.preventDefault();
+    if (!modelReady) startFailed(e.message || 'the worker crashed');
+    else restartAfterCrash(`the model worker failed (${e.message || 'unknown error'}) and was restarted`);
+  };
+  worker.postMessage({ type: 'init', backend });
+}
+startWorker(params.get('backend') || 'auto');
 
 function showCard(info, markdown) {
   const v = (info.card && info.card.validation) || {};

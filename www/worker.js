@@ -60,6 +60,8 @@ self.onmessage = async (event) => {
     }
   } catch (e) {
     const message = (e && e.message) ? e.message : String(e);
-    self.postMessage({ type: msg.type === 'init' ? 'fatal' : 'error', id: msg.id, message });
+    // A Rust panic aborts the wasm instance (RuntimeError): it cannot be used again.
+    const crashed = e instanceof WebAssembly.RuntimeError;
+    self.postMessage({ type: msg.type === 'init' ? 'fatal' : (crashed ? 'crashed' : 'error'), id: msg.id, message });
   }
 };

@@ -16,7 +16,8 @@ const fixtures = path.join(root, 'tests/fixtures');
 const PREFIX = '/some/sub/path/';
 const TYPES = { '.html': 'text/html', '.js': 'text/javascript', '.css': 'text/css', '.wasm': 'application/wasm', '.png': 'image/png', '.json': 'application/json' };
 
-let server, browser, origin;
+let server, browser, gpuBrowser, origin;
+const FLAGS = ['--no-sandbox', '--disable-background-networking', '--disable-component-update', '--disable-sync', '--disable-quic', '--no-first-run'];
 
 before(async () => {
   server = http.createServer((req, res) => {
@@ -32,14 +33,15 @@ before(async () => {
   });
   await new Promise((r) => server.listen(0, '127.0.0.1', r));
   origin = `http://127.0.0.1:${server.address().port}`;
-  browser = await chromium.launch({
-    executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
-    args: ['--no-sandbox', '--disable-background-networking', '--disable-component-update', '--disable-sync', '--disable-quic', '--no-first-run'],
-  });
+  const executablePath = process.env.CHROMIUM || '/usr/bin/chromium';
+  browser = await chromium.launch({ executablePath, args: FLAGS });
+  // WebGPU in headless Chromium here is SwiftShader: a software adapter, correct but slow.
+  gpuBrowser = await chromium.launch({ executablePath, args: [...FLAGS, '--enable-unsafe-webgpu'] });
 });
 
 after(async () => {
   await browser?.close();
+  await gpuBrowser?.close();
   server?.close();
 });
 
@@ -118,6 +120,24 @@ test('parity: the page gives the probability of `trainer predict` on real X-rays
     assert.equal(shown.label, native[i].label);
   }
   await page.close();
+});
+
+test('parity on the WebGPU path (?backend=webgpu, software adapter), and auto treats it as no GPU', async () => {
+  const native = nativePredictions(REAL.slice(0, 3));
+  const { page, errors } = await openPage('?backend=webgpu', gpuBrowser);
+  assert.match(await page.textContent('[data-testid=backend]'), /WebGPU/);
+  assert.match(await page.textContent('[data-testid=status]'), /Model ready\./, 'self-test passed on WebGPU');
+  for (const [i, file] of REAL.slice(0, 3).entries()) {
+    await classifyFile(page, file);
+    const shown = await shownResult(page);
+    assert.equal(shown.backend, 'webgpu');
+    assert.ok(Math.abs(shown.probability - native[i].probability) < 1e-3, `${file}: WebGPU ${shown.probability}, native ${native[i].probability}`);
+  }
+  assert.deepEqual(errors, []);
+  await page.close();
+  const auto = await openPage('', gpuBrowser);
+  assert.match(await auto.page.textContent('[data-testid=backend]'), /software WebGPU adapter/);
+  await auto.page.close();
 });
 
 test('bad files show a clear error and the next good file is still classified', async () => {

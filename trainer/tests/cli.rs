@@ -70,18 +70,22 @@ fn train_evaluate_resume_and_export() {
     let data = dataset();
     let run = temp("run");
     let common = ["--data", data.to_str().unwrap(), "--out", run.to_str().unwrap(), "--input-size", "64",
-        "--width", "0.125", "--batch-size", "4", "--valid-fraction", "0.34", "--device", "cpu", "--quiet"];
+        "--width", "0.125", "--batch-size", "4", "--valid-fraction", "0.34", "--backend", "cpu", "--quiet"];
     let out = trainer(&[&["train", "--epochs", "2"][..], &common[..]].concat());
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let metrics = std::fs::read_to_string(run.join("metrics.csv")).unwrap();
     assert_eq!(metrics.lines().count(), 3, "{metrics}");
-    assert!(run.join("best.cxrw").is_file() && run.join("split.json").is_file());
+    for file in ["best.cxrw", "split.json", "report.json", "roc.svg", "curves.svg"] {
+        assert!(run.join(file).is_file(), "{file} missing");
+    }
+    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(run.join("report.json")).unwrap()).unwrap();
+    assert!(report["best"]["validation"]["auc"].is_number(), "{report}");
 
     // A second `train` into the same folder refuses; --resume continues at epoch 3.
     let again = trainer(&[&["train", "--epochs", "3"][..], &common[..]].concat());
     assert_eq!(again.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&again.stderr).contains("--resume"));
-    let resumed = trainer(&[&["train", "--epochs", "3", "--resume"][..], &common[..]].concat());
+    let resumed = trainer(&["train", "--epochs", "3", "--resume", run.to_str().unwrap(), "--backend", "cpu", "--quiet"]);
     assert!(resumed.status.success(), "{}", String::from_utf8_lossy(&resumed.stderr));
     let metrics = std::fs::read_to_string(run.join("metrics.csv")).unwrap();
     assert_eq!(metrics.lines().count(), 4, "{metrics}");
@@ -89,7 +93,7 @@ fn train_evaluate_resume_and_export() {
 
     let weights = run.join("best.cxrw");
     let eval = trainer(&["evaluate", "--data", data.to_str().unwrap(), "--weights", weights.to_str().unwrap(),
-        "--run", run.to_str().unwrap(), "--json", "--device", "cpu"]);
+        "--run", run.to_str().unwrap(), "--json", "--backend", "cpu"]);
     assert!(eval.status.success(), "{}", String::from_utf8_lossy(&eval.stderr));
     let report: serde_json::Value = serde_json::from_slice(&eval.stdout).unwrap();
     let split: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(run.join("split.json")).unwrap()).unwrap();
@@ -111,17 +115,17 @@ fn train_evaluate_resume_and_export() {
 
 #[test]
 fn data_and_output_problems_are_clear_errors() {
-    let out = trainer(&["train", "--data", "/nonexistent/data", "--out", "/tmp/cxr-never", "--device", "cpu"]);
+    let out = trainer(&["train", "--data", "/nonexistent/data", "--out", "/tmp/cxr-never", "--backend", "cpu"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("does not exist"));
     let data = temp("empty");
     std::fs::create_dir_all(data.join("effusion")).unwrap();
-    let out = trainer(&["train", "--data", data.to_str().unwrap(), "--out", "/tmp/cxr-never", "--device", "cpu"]);
+    let out = trainer(&["train", "--data", data.to_str().unwrap(), "--out", "/tmp/cxr-never", "--backend", "cpu"]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("nofinding"));
     // An output folder that cannot be created is reported before any training.
     let file = data.join("a-file");
     std::fs::write(&file, "x").unwrap();
-    let out = trainer(&["train", "--data", data.to_str().unwrap(), "--out", file.join("run").to_str().unwrap(), "--device", "cpu"]);
+    let out = trainer(&["train", "--data", data.to_str().unwrap(), "--out", file.join("run").to_str().unwrap(), "--backend", "cpu"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot create run folder"));
 }
