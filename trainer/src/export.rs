@@ -7,7 +7,10 @@ use burn::tensor::Device;
 use cxr::weights::{self, ModelInfo, Reference};
 use cxr::Classifier;
 
-use crate::train::write_atomic;
+use crate::data::Split;
+use crate::loader::LoaderConfig;
+use crate::metrics::{self, Report};
+use crate::train::{TrainOptions, predict_all, write_atomic};
 
 pub fn run(run: &Path, out: &Path, sample: &Path, command: Option<String>) -> Result<(), String> {
     let best = run.join("best.cxrw");
@@ -18,6 +21,7 @@ pub fn run(run: &Path, out: &Path, sample: &Path, command: Option<String>) -> Re
         info.card["training"]["command"] = command.into();
     }
     info.card["parameters"] = model.num_params().into();
+    revalidate(run, &model, &mut info)?;
     let classifier = Classifier::new(model.clone(), info.clone(), device.clone());
     let sample_bytes = std::fs::read(sample).map_err(|e| format!("sample {}: {e}", sample.display()))?;
     let prediction = classifier.classify(&sample_bytes).map_err(|e| format!("sample {}: {e}", sample.display()))?;
@@ -36,6 +40,38 @@ pub fn run(run: &Path, out: &Path, sample: &Path, command: Option<String>) -> Re
         out.display(),
         prediction.logits
     );
+    Ok(())
+}
+
+/// Choose the threshold and the card's validation figures with the exported (f16) weights on the
+/// run's validation split, so that `evaluate` on the shipped model reproduces them.
+fn revalidate(run: &Path, model: &cxr::ResNet, info: &mut ModelInfo) -> Result<(), String> {
+    let read = |name: &str| -> Result<String, String> {
+        std::fs::read_to_string(run.join(name)).map_err(|e| format!("{}: {e}", run.join(name).display()))
+    };
+    let opts: TrainOptions = serde_json::from_str(&read("options.json")?).map_err(|e| e.to_string())?;
+    let split: Split = serde_json::from_str(&read("split.json")?).map_err(|e| e.to_string())?;
+    if !opts.data.is_dir() {
+        eprintln!("warning: {} is not here; the card keeps the training-time validation figures", opts.data.display());
+        return Ok(());
+    }
+    let loader = LoaderConfig { batch_size: 16, workers: 2, prefetch: 2, size: info.input_size };
+    let (scores, labels, _, _, failed) = predict_all(model, &opts.data, &split.valid, &loader, &Device::flex(), true);
+    if !failed.is_empty() {
+        return Err(format!("{} validation image(s) could not be read", failed.len()));
+    }
+    let threshold = metrics::threshold_for_sensitivity(&scores, &labels, opts.target_sensitivity);
+    let report = Report::new(&scores, &labels, threshold);
+    info.threshold = threshold;
+    let v = &mut info.card["validation"];
+    v["auc"] = serde_json::json!(report.auc);
+    v["auc_ci95"] = serde_json::json!(report.auc_ci95);
+    v["threshold"] = serde_json::json!(threshold);
+    v["accuracy"] = serde_json::json!(report.accuracy);
+    v["sensitivity"] = serde_json::json!(report.sensitivity);
+    v["specificity"] = serde_json::json!(report.specificity);
+    v["confusion"] = serde_json::json!(report.confusion);
+    v["weights"] = "exported f16 weights".into();
     Ok(())
 }
 

@@ -37,8 +37,13 @@ pub fn auc(scores: &[f32], labels: &[u8]) -> Option<f64> {
 /// 95 % bootstrap confidence interval of the AUC (percentile method, resampling each class on
 /// its own so every resample has both).
 pub fn auc_ci(scores: &[f32], labels: &[u8], resamples: usize, seed: u64) -> Option<(f64, f64)> {
-    let pos: Vec<usize> = (0..labels.len()).filter(|&i| labels[i] == 1).collect();
-    let neg: Vec<usize> = (0..labels.len()).filter(|&i| labels[i] == 0).collect();
+    // Sorted within each class, so the interval does not depend on the order of the images.
+    let by_score = |mut v: Vec<usize>| {
+        v.sort_by(|&a, &b| scores[a].total_cmp(&scores[b]));
+        v
+    };
+    let pos = by_score((0..labels.len()).filter(|&i| labels[i] == 1).collect());
+    let neg = by_score((0..labels.len()).filter(|&i| labels[i] == 0).collect());
     if pos.is_empty() || neg.is_empty() || resamples == 0 {
         return None;
     }
@@ -82,7 +87,8 @@ pub fn roc(scores: &[f32], labels: &[u8]) -> Vec<(f64, f64)> {
 }
 
 /// The highest threshold whose sensitivity reaches `target` (predicted positive when
-/// `score >= threshold`); 0.5 when there is no positive.
+/// `score >= threshold`), moved halfway down to the next lower score; 0.5 when there is no
+/// positive.
 pub fn threshold_for_sensitivity(scores: &[f32], labels: &[u8], target: f64) -> f32 {
     let mut positives: Vec<f32> = scores.iter().zip(labels).filter(|(_, l)| **l == 1).map(|(s, _)| *s).collect();
     if positives.is_empty() {
@@ -90,7 +96,13 @@ pub fn threshold_for_sensitivity(scores: &[f32], labels: &[u8], target: f64) -> 
     }
     positives.sort_by(|a, b| b.total_cmp(a));
     let k = ((target.clamp(0.0, 1.0) * positives.len() as f64).ceil() as usize).clamp(1, positives.len());
-    positives[k - 1]
+    let candidate = positives[k - 1];
+    // Halfway to the next lower score, so that tiny numeric differences (f16 weights, another
+    // backend) do not move a score across the threshold.
+    match scores.iter().filter(|&&s| s < candidate).max_by(|a, b| a.total_cmp(b)) {
+        Some(&below) => (candidate + below) / 2.0,
+        None => candidate,
+    }
 }
 
 /// Counts at a threshold (predicted positive when `score >= threshold`).
@@ -218,6 +230,11 @@ mod tests {
         let a = auc(&scores, &labels).unwrap();
         let (lo, hi) = auc_ci(&scores, &labels, 500, 1).unwrap();
         assert!(lo < a && a < hi && hi - lo < 0.2, "{lo} {a} {hi}");
+        let mut order: Vec<usize> = (0..200).collect();
+        Rng::new(4).shuffle(&mut order);
+        let s2: Vec<f32> = order.iter().map(|&i| scores[i]).collect();
+        let l2: Vec<u8> = order.iter().map(|&i| labels[i]).collect();
+        assert_eq!(auc_ci(&s2, &l2, 500, 1), Some((lo, hi)), "the CI depends on the order");
     }
 
     #[test]
@@ -229,8 +246,8 @@ mod tests {
         assert_eq!(r.last(), Some(&(1.0, 1.0)));
         assert_eq!(r.len(), 7);
         // Two of three positives reach 0.8; all three need 0.6.
-        assert_eq!(threshold_for_sensitivity(&scores, &labels, 0.6), 0.8);
-        assert_eq!(threshold_for_sensitivity(&scores, &labels, 0.9), 0.6);
+        assert_eq!(threshold_for_sensitivity(&scores, &labels, 0.6), 0.75);
+        assert_eq!(threshold_for_sensitivity(&scores, &labels, 0.9), 0.5);
         let c = Confusion::at(&scores, &labels, 0.6);
         assert_eq!(c.sensitivity(), 1.0);
         assert_eq!(threshold_for_sensitivity(&scores, &[0; 6], 0.9), 0.5);
