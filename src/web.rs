@@ -50,6 +50,10 @@ struct WebPrediction {
     threshold: f32,
     logits: [f32; 2],
     cam_size: usize,
+    /// The CAM itself, `cam_size`² values scaled to 0..=255.
+    #[serde(with = "serde_bytes_compat")]
+    cam: Vec<u8>,
+    /// The CAM drawn as RGBA (colour ramp, alpha rising with the value).
     #[serde(with = "serde_bytes_compat")]
     heatmap: Vec<u8>,
     original_width: usize,
@@ -72,6 +76,7 @@ mod serde_bytes_compat {
 
 #[derive(Serialize, Default)]
 struct Timings {
+    decode_ms: f64,
     preprocess_ms: f64,
     inference_ms: f64,
     saliency_ms: f64,
@@ -96,6 +101,7 @@ async fn device_for(backend: &str) -> Result<(Device, String), JsError> {
 async fn run(classifier: &Classifier, bytes: &[u8], backend: &str) -> Result<WebPrediction, CxrError> {
     let t0 = now_ms();
     let image = decode(bytes)?;
+    let t_decoded = now_ms();
     let input = preprocess_luma(&image, classifier.info().input_size)?;
     let (preview_width, preview_height, preview) = preview(&image, PREVIEW_SIDE)?;
     drop(image);
@@ -119,6 +125,7 @@ async fn run(classifier: &Classifier, bytes: &[u8], backend: &str) -> Result<Web
         threshold: prediction.threshold,
         logits: prediction.logits,
         cam_size: prediction.cam_size,
+        cam: prediction.cam.iter().map(|v| (v.clamp(0.0, 1.0) * 255.0).round() as u8).collect(),
         heatmap,
         original_width: prediction.original_width,
         original_height: prediction.original_height,
@@ -126,7 +133,8 @@ async fn run(classifier: &Classifier, bytes: &[u8], backend: &str) -> Result<Web
         preview_width,
         preview_height,
         timings: Timings {
-            preprocess_ms: t1 - t0,
+            decode_ms: t_decoded - t0,
+            preprocess_ms: t1 - t_decoded,
             inference_ms: t2 - t1,
             saliency_ms: t3 - t2,
             total_ms: t3 - t0,

@@ -129,7 +129,7 @@ async function handle(file, name) {
     $('meter-threshold').style.left = `${100 * r.threshold}%`;
     $('file-name').textContent = `${name} — ${r.original_width}×${r.original_height} px`;
     const t = r.timings;
-    $('timings').textContent = `preprocess ${t.preprocess_ms.toFixed(0)} ms, inference ${t.inference_ms.toFixed(0)} ms, saliency ${t.saliency_ms.toFixed(0)} ms (${r.backend})`;
+    $('timings').textContent = `decode ${t.decode_ms.toFixed(0)} ms, preprocess ${t.preprocess_ms.toFixed(0)} ms, inference ${t.inference_ms.toFixed(0)} ms, saliency ${t.saliency_ms.toFixed(0)} ms (${r.backend})`;
     const result = $('result');
     result.dataset.probability = String(r.probability);
     result.dataset.label = r.label;

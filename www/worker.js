@@ -56,7 +56,7 @@ self.onmessage = async (event) => {
     } else if (msg.type === 'classify') {
       await ready;
       const result = await cxr.classify(new Uint8Array(msg.bytes));
-      self.postMessage({ type: 'result', id: msg.id, result }, [result.heatmap.buffer, result.preview.buffer]);
+      self.postMessage({ type: 'result', id: msg.id, result }, [result.cam.buffer, result.heatmap.buffer, result.preview.buffer]);
     }
   } catch (e) {
     const message = (e && e.message) ? e.message : String(e);

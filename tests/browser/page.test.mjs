@@ -2,37 +2,24 @@
 // dist/ is served under a sub-path by a tiny static server, as any static host would.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import http from 'node:http';
 import zlib from 'node:zlib';
 import fs from 'node:fs';
 import path from 'node:path';
 import { execFileSync } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { chromium } from 'playwright-core';
+import { serveStatic, png, CHROMIUM_FLAGS } from './support.mjs';
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
 const dist = path.join(root, 'dist');
 const fixtures = path.join(root, 'tests/fixtures');
 const PREFIX = '/some/sub/path/';
-const TYPES = { '.html': 'text/html', '.js': 'text/javascript', '.css': 'text/css', '.wasm': 'application/wasm', '.png': 'image/png', '.json': 'application/json' };
 
 let server, browser, gpuBrowser, origin;
-const FLAGS = ['--no-sandbox', '--disable-background-networking', '--disable-component-update', '--disable-sync', '--disable-quic', '--no-first-run'];
+const FLAGS = CHROMIUM_FLAGS;
 
 before(async () => {
-  server = http.createServer((req, res) => {
-    const url = new URL(req.url, 'http://x');
-    if (!url.pathname.startsWith(PREFIX)) { res.writeHead(404); return res.end(); }
-    let file = path.join(dist, decodeURIComponent(url.pathname.slice(PREFIX.length)) || 'index.html');
-    if (!file.startsWith(dist) || !fs.existsSync(file) || fs.statSync(file).isDirectory()) {
-      if (fs.existsSync(path.join(file, 'index.html'))) file = path.join(file, 'index.html');
-      else { res.writeHead(404); return res.end(); }
-    }
-    res.writeHead(200, { 'content-type': TYPES[path.extname(file)] || 'application/octet-stream' });
-    fs.createReadStream(file).pipe(res);
-  });
-  await new Promise((r) => server.listen(0, '127.0.0.1', r));
-  origin = `http://127.0.0.1:${server.address().port}`;
+  ({ server, origin } = await serveStatic(dist, PREFIX));
   const executablePath = process.env.CHROMIUM || '/usr/bin/chromium';
   browser = await chromium.launch({ executablePath, args: FLAGS });
   // WebGPU in headless Chromium here is SwiftShader: a software adapter, correct but slow.
@@ -79,22 +66,6 @@ function nativePredictions(files) {
     if (e.stdout) return JSON.parse(e.stdout);
     throw e;
   }
-}
-
-// A minimal PNG encoder (8-bit grey), for generated test images.
-function png(width, height, pixel) {
-  const chunk = (type, data) => {
-    const len = Buffer.alloc(4); len.writeUInt32BE(data.length);
-    const body = Buffer.concat([Buffer.from(type), data]);
-    const crc = Buffer.alloc(4); crc.writeUInt32BE(zlib.crc32(body));
-    return Buffer.concat([len, body, crc]);
-  };
-  const ihdr = Buffer.alloc(13);
-  ihdr.writeUInt32BE(width, 0); ihdr.writeUInt32BE(height, 4); ihdr[8] = 8; ihdr[9] = 0;
-  const raw = Buffer.alloc((width + 1) * height);
-  for (let y = 0; y < height; y++) for (let x = 0; x < width; x++) raw[y * (width + 1) + 1 + x] = pixel(x, y);
-  return Buffer.concat([Buffer.from([0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a]), chunk('IHDR', ihdr),
-    chunk('IDAT', zlib.deflateSync(raw)), chunk('IEND', Buffer.alloc(0))]);
 }
 
 const REAL = ['effusion10.png', 'effusion101.png', 'normal0.png', 'normal1.png'].map((f) => path.join(fixtures, f));

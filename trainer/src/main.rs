@@ -1,6 +1,6 @@
 //! `trainer`: trains, evaluates, runs and exports the chest X-ray effusion classifier.
 
-mod ablate;
+mod compare;
 mod augment;
 mod data;
 mod device;
@@ -220,7 +220,7 @@ fn run() -> Result<ExitCode, String> {
         Command::Compare { train: args } => {
             let (device, name) = device::select(args.backend)?;
             eprintln!("backend: {name}");
-            ablate::run(&args.options(), &args.out(), &device, args.quiet)?;
+            compare::run(&args.options(), &args.out(), &device, args.quiet)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Evaluate { data, weights, run, all, json, backend } => {
