@@ -253,7 +253,8 @@ pub fn predict_all(
     for batch in batches {
         let n = batch.len();
         let x = Tensor::<4>::from_data(TensorData::new(batch.pixels, [n, 1, s, s]), device);
-        let logits = model.forward(x).into_data().try_to_vec::<f32>().unwrap_or_default();
+        // A failed read gives NaN scores (kept aligned with the labels) rather than a panic.
+        let logits = model.forward(x).into_data().try_to_vec::<f32>().unwrap_or_else(|_| vec![f32::NAN; 2 * n]);
         for (pair, &label) in logits.chunks_exact(2).zip(&batch.labels) {
             let p = effusion_probability([pair[0], pair[1]]);
             scores.push(p);
