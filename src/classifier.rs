@@ -79,20 +79,13 @@ impl Classifier {
         Ok(preprocess(bytes, self.info.input_size)?)
     }
 
-    fn input(&self, images: &[&[f32]]) -> Tensor<4> {
-        let s = self.info.input_size;
-        let mut flat = Vec::with_capacity(images.len() * s * s);
-        for image in images {
-            assert_eq!(image.len(), s * s, "input is not {s}x{s}");
-            flat.extend_from_slice(image);
-        }
-        Tensor::from_data(TensorData::new(flat, [images.len(), 1, s, s]), &self.device)
-    }
-
     /// Run the model with CAM on a preprocessed image; returns the tensors still on the device
     /// (read them with [`Self::finish`], or asynchronously in the browser).
     pub fn run(&self, input: &Preprocessed) -> (Tensor<2>, Tensor<3>) {
-        self.model.forward_with_cam(self.input(&[&input.pixels]))
+        let s = self.info.input_size;
+        assert_eq!(input.pixels.len(), s * s, "input is not {s}x{s}");
+        let x = Tensor::from_data(TensorData::new(input.pixels.clone(), [1, 1, s, s]), &self.device);
+        self.model.forward_with_cam(x)
     }
 
     /// Build the prediction from the logits and CAM read back from the device.
@@ -135,13 +128,25 @@ impl Classifier {
 
     /// Logits `[no finding, effusion]` for a batch of preprocessed images (no CAM).
     pub fn logits(&self, images: &[&[f32]]) -> Vec<[f32; 2]> {
-        if images.is_empty() {
-            return Vec::new();
-        }
-        let out = self.model.forward(self.input(images));
-        let values = out.into_data().try_to_vec::<f32>().unwrap_or_default();
-        values.chunks_exact(2).map(|c| [c[0], c[1]]).collect()
+        let s = self.info.input_size;
+        batch_logits(&self.model, images.concat(), images.len(), s, &self.device)
     }
+}
+
+/// Logits `[no finding, effusion]` of `n` preprocessed `size x size` images laid end to end.
+/// A failed read from the device gives NaN logits, one pair per image, rather than a panic.
+pub fn batch_logits(model: &ResNet, pixels: Vec<f32>, n: usize, size: usize, device: &Device) -> Vec<[f32; 2]> {
+    if n == 0 {
+        return Vec::new();
+    }
+    assert_eq!(pixels.len(), n * size * size, "inputs are not {n} images of {size}x{size}");
+    let x = Tensor::from_data(TensorData::new(pixels, [n, 1, size, size]), device);
+    let values = model
+        .forward(x)
+        .into_data()
+        .try_to_vec::<f32>()
+        .unwrap_or_else(|_| vec![f32::NAN; 2 * n]);
+    values.chunks_exact(2).map(|c| [c[0], c[1]]).collect()
 }
 
 #[cfg(test)]

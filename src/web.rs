@@ -14,7 +14,7 @@ use wasm_bindgen::prelude::*;
 
 use crate::classifier::Classifier;
 use crate::error::CxrError;
-use crate::preprocess::{decode, preprocess_luma, preview};
+use crate::preprocess::{Preprocessed, decode, preprocess_luma, preview};
 use crate::saliency::heatmap_rgba;
 
 /// Largest side of the image shown on the page.
@@ -167,13 +167,13 @@ pub async fn init(backend: String) -> Result<JsValue, JsError> {
     let classifier = Classifier::embedded(&device).map_err(js_error)?;
     // Warm-up: compiles kernels (WebGPU) and touches every weight once.
     let s = classifier.info().input_size;
-    let warm: Vec<f32> = (0..s * s).map(|i| (i % 7) as f32 / 7.0).collect();
-    let (logits, _) = classifier
-        .model()
-        .forward_with_cam(burn::tensor::Tensor::from_data(
-            burn::tensor::TensorData::new(warm, [1, 1, s, s]),
-            &device,
-        ));
+    let warm = Preprocessed {
+        pixels: (0..s * s).map(|i| (i % 7) as f32 / 7.0).collect(),
+        size: s,
+        original_width: s,
+        original_height: s,
+    };
+    let (logits, _) = classifier.run(&warm);
     logits.into_data_async().await.map_err(|e| js_error(format!("{e:?}")))?;
     let info = to_js(classifier.info())?;
     STATE.with(|st| {

@@ -18,7 +18,7 @@ use burn::store::ModuleRecord;
 use burn::tensor::activation::log_softmax;
 use burn::tensor::{Device, Tensor, TensorData, s};
 use clap::ValueEnum;
-use cxr::classifier::effusion_probability;
+use cxr::classifier::{batch_logits, effusion_probability};
 use cxr::{ModelInfo, ResNet, ResNetConfig};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
@@ -252,11 +252,9 @@ pub fn predict_all(
     let s = loader.size;
     for batch in batches {
         let n = batch.len();
-        let x = Tensor::<4>::from_data(TensorData::new(batch.pixels, [n, 1, s, s]), device);
-        // A failed read gives NaN scores (kept aligned with the labels) rather than a panic.
-        let logits = model.forward(x).into_data().try_to_vec::<f32>().unwrap_or_else(|_| vec![f32::NAN; 2 * n]);
-        for (pair, &label) in logits.chunks_exact(2).zip(&batch.labels) {
-            let p = effusion_probability([pair[0], pair[1]]);
+        let logits = batch_logits(model, batch.pixels, n, s, device);
+        for (&pair, &label) in logits.iter().zip(&batch.labels) {
+            let p = effusion_probability(pair);
             scores.push(p);
             loss_sum -= f64::from(if label == 1 { p } else { 1.0 - p }.max(1e-7)).ln();
         }
