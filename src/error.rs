@@ -15,6 +15,12 @@ pub enum ImageError {
     )]
     UnsupportedFormat { detected: Option<String> },
 
+    #[error("The image format is known but this kind of image inside it cannot be read ({detail}). Export the X-ray as an 8- or 16-bit greyscale PNG.")]
+    UnsupportedPixels { detail: String },
+
+    #[error("The file is too large ({megabytes} MB; the limit is {max_megabytes} MB). A chest X-ray is rarely over 50 MB: export it as PNG or JPEG.")]
+    FileTooLarge { megabytes: u64, max_megabytes: u64 },
+
     #[error("The image file is damaged or incomplete and cannot be decoded ({reason}). Try exporting it again.")]
     Corrupt { reason: String },
 
@@ -81,6 +87,8 @@ impl CxrError {
             CxrError::Image(e) => match e {
                 ImageError::Empty => "empty",
                 ImageError::UnsupportedFormat { .. } => "unsupported_format",
+                ImageError::UnsupportedPixels { .. } => "unsupported_pixels",
+                ImageError::FileTooLarge { .. } => "file_too_large",
                 ImageError::Corrupt { .. } => "corrupt",
                 ImageError::TooLarge { .. } | ImageError::MemoryLimit => "too_large",
                 ImageError::NoPixels => "no_pixels",

@@ -17,6 +17,8 @@ use crate::error::ImageError;
 
 /// Largest accepted width or height, in pixels.
 pub const MAX_SIDE: u32 = 16_384;
+/// Largest accepted file, in bytes: a chest X-ray within the pixel limits is far smaller.
+pub const MAX_FILE_BYTES: u64 = 512 * 1024 * 1024;
 /// Largest accepted pixel count (8192 x 8192).
 pub const MAX_PIXELS: u64 = 8_192 * 8_192;
 /// Upper bound for what a decoder may allocate, in bytes.
@@ -90,6 +92,7 @@ pub fn decode(bytes: &[u8]) -> Result<LumaImage, ImageError> {
     if bytes.is_empty() {
         return Err(ImageError::Empty);
     }
+    check_file_size(bytes.len() as u64)?;
     let reader = ImageReader::new(Cursor::new(bytes))
         .with_guessed_format()
         .map_err(|e| ImageError::Corrupt {
@@ -113,7 +116,14 @@ pub fn decode(bytes: &[u8]) -> Result<LumaImage, ImageError> {
     limits.max_alloc = Some(MAX_DECODE_BYTES);
     reader.limits(limits);
 
-    let mut decoder = reader.into_decoder().map_err(map_image_error)?;
+    let is_tiff = reader.format() == Some(ImageFormat::Tiff);
+    let mut decoder = match reader.into_decoder() {
+        Ok(decoder) => decoder,
+        // The image crate has no greyscale float or 32-bit integer layout: read those TIFFs
+        // (scientific and some medical exports) with the tiff crate directly.
+        Err(image::ImageError::Unsupported(_)) if is_tiff => return decode_grey_tiff(bytes),
+        Err(e) => return Err(map_image_error(e)),
+    };
     let (width, height) = decoder.dimensions();
     check_dimensions(width, height)?;
     let orientation = decoder.orientation().ok();
@@ -125,6 +135,73 @@ pub fn decode(bytes: &[u8]) -> Result<LumaImage, ImageError> {
         width: image.width() as usize,
         height: image.height() as usize,
         pixels: luminance(&image),
+    })
+}
+
+/// Refuse a file over [`MAX_FILE_BYTES`] before reading or decoding it.
+pub fn check_file_size(len: u64) -> Result<(), ImageError> {
+    if len > MAX_FILE_BYTES {
+        return Err(ImageError::FileTooLarge {
+            megabytes: len / (1024 * 1024),
+            max_megabytes: MAX_FILE_BYTES / (1024 * 1024),
+        });
+    }
+    Ok(())
+}
+
+/// A greyscale TIFF with samples the image crate does not read (32-bit float or integer,
+/// 64-bit, signed): first page, first sample, as f32. WhiteIsZero files are inverted so that
+/// bone is bright, as in every other format.
+fn decode_grey_tiff(bytes: &[u8]) -> Result<LumaImage, ImageError> {
+    use tiff::decoder::{Decoder, DecodingResult};
+    use tiff::tags::Tag;
+    use tiff::ColorType;
+    let corrupt = |e: tiff::TiffError| ImageError::Corrupt { reason: e.to_string() };
+    let mut decoder = Decoder::new(Cursor::new(bytes)).map_err(corrupt)?;
+    let (width, height) = decoder.dimensions().map_err(corrupt)?;
+    check_dimensions(width, height)?;
+    let colour = decoder.colortype().map_err(corrupt)?;
+    if !matches!(colour, ColorType::Gray(_)) {
+        return Err(ImageError::UnsupportedPixels {
+            detail: format!("a TIFF with {colour:?} pixels"),
+        });
+    }
+    let white_is_zero = decoder
+        .find_tag_unsigned::<u16>(Tag::PhotometricInterpretation)
+        .ok()
+        .flatten()
+        == Some(0);
+    let pixels: Vec<f32> = match decoder.read_image().map_err(|e| match e {
+        tiff::TiffError::LimitsExceeded => ImageError::MemoryLimit,
+        other => corrupt(other),
+    })? {
+        DecodingResult::U8(v) => v.into_iter().map(f32::from).collect(),
+        DecodingResult::U16(v) => v.into_iter().map(f32::from).collect(),
+        DecodingResult::U32(v) => v.into_iter().map(|p| p as f32).collect(),
+        DecodingResult::U64(v) => v.into_iter().map(|p| p as f32).collect(),
+        DecodingResult::I8(v) => v.into_iter().map(f32::from).collect(),
+        DecodingResult::I16(v) => v.into_iter().map(f32::from).collect(),
+        DecodingResult::I32(v) => v.into_iter().map(|p| p as f32).collect(),
+        DecodingResult::I64(v) => v.into_iter().map(|p| p as f32).collect(),
+        DecodingResult::F16(v) => v.into_iter().map(f32::from).collect(),
+        DecodingResult::F32(v) => v,
+        DecodingResult::F64(v) => v.into_iter().map(|p| p as f32).collect(),
+    };
+    let count = width as usize * height as usize;
+    if pixels.len() < count {
+        return Err(ImageError::Corrupt {
+            reason: format!("the TIFF holds {} samples for {width}x{height} pixels", pixels.len()),
+        });
+    }
+    let channels = pixels.len() / count;
+    let mut grey: Vec<f32> = pixels.chunks_exact(channels).take(count).map(|p| p[0]).collect();
+    if white_is_zero {
+        grey.iter_mut().for_each(|p| *p = -*p);
+    }
+    Ok(LumaImage {
+        width: width as usize,
+        height: height as usize,
+        pixels: grey,
     })
 }
 
@@ -159,8 +236,8 @@ fn map_image_error(error: image::ImageError) -> ImageError {
     use image::ImageError as E;
     match error {
         E::Limits(_) => ImageError::MemoryLimit,
-        E::Unsupported(e) => ImageError::UnsupportedFormat {
-            detected: Some(e.to_string()),
+        E::Unsupported(e) => ImageError::UnsupportedPixels {
+            detail: e.to_string(),
         },
         E::Decoding(e) => ImageError::Corrupt {
             reason: e.to_string(),
@@ -591,9 +668,45 @@ mod tests {
             ImageError::NoPixels,
             ImageError::Blank,
             ImageError::NonFinite,
+            ImageError::UnsupportedPixels { detail: "x".into() },
+            ImageError::FileTooLarge { megabytes: 900, max_megabytes: 512 },
         ] {
             let msg = e.to_string();
             assert!(msg.len() > 30 && msg.ends_with('.'), "{msg}");
         }
+    }
+
+    fn float_tiff(w: u32, h: u32, pixels: &[f32]) -> Vec<u8> {
+        use tiff::encoder::{colortype::Gray32Float, TiffEncoder};
+        let mut out = Cursor::new(Vec::new());
+        TiffEncoder::new(&mut out).unwrap().write_image::<Gray32Float>(w, h, pixels).unwrap();
+        out.into_inner()
+    }
+
+    #[test]
+    fn float_grey_tiff_is_read_like_the_8_bit_image() {
+        let f = scene(40, 30);
+        let floats: Vec<f32> = (0..30).flat_map(|y| (0..40).map(move |x| (x, y))).map(|(x, y)| f(x, y) * 3.5 - 1.0).collect();
+        let decoded = decode(&float_tiff(40, 30, &floats)).unwrap();
+        assert_eq!((decoded.width, decoded.height), (40, 30));
+        let a = min_max_normalize(&decoded.pixels).unwrap();
+        let b = min_max_normalize(&decode(&encode(gray8(40, 30), ImageFormat::Png)).unwrap().pixels).unwrap();
+        let worst = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max);
+        assert!(worst < 0.01, "float TIFF differs from 8-bit by {worst}");
+    }
+
+    #[test]
+    fn nan_in_a_float_tiff_is_refused() {
+        let mut floats = vec![0.5f32; 16 * 16];
+        floats[3] = f32::NAN;
+        floats[9] = f32::INFINITY;
+        let image = decode(&float_tiff(16, 16, &floats)).unwrap();
+        assert_eq!(min_max_normalize(&image.pixels), Err(ImageError::NonFinite));
+    }
+
+    #[test]
+    fn files_over_the_size_limit_are_refused_before_decoding() {
+        assert!(check_file_size(MAX_FILE_BYTES).is_ok());
+        assert!(matches!(check_file_size(MAX_FILE_BYTES + 1), Err(ImageError::FileTooLarge { .. })));
     }
 }

@@ -33,6 +33,14 @@ fn js_error(e: impl std::fmt::Display) -> JsError {
     JsError::new(&e.to_string())
 }
 
+/// A user-facing error that also carries [`CxrError::code`] as `error.code`, so the page and its
+/// tests can tell the kinds apart without parsing the message.
+fn coded_error(e: CxrError) -> JsValue {
+    let error = js_sys::Error::new(&e.to_string());
+    let _ = js_sys::Reflect::set(&error, &JsValue::from_str("code"), &JsValue::from_str(e.code()));
+    error.into()
+}
+
 fn now_ms() -> f64 {
     js_sys::Date::now()
 }
@@ -187,12 +195,13 @@ pub async fn init(backend: String) -> Result<JsValue, JsError> {
 
 /// Classify the bytes of one file. Resolves to an object with `probability`, `label`,
 /// `threshold`, `logits`, `cam_size`, `heatmap` (RGBA bytes, `cam_size`²), the original size,
-/// `timings` and `backend`; rejects with an `Error` whose message is meant for the user.
+/// `timings` and `backend`; rejects with an `Error` whose message is meant for the user and
+/// whose `code` names the kind of error (`corrupt`, `blank`, `too_large`…).
 #[wasm_bindgen]
-pub async fn classify(bytes: Vec<u8>) -> Result<JsValue, JsError> {
+pub async fn classify(bytes: Vec<u8>) -> Result<JsValue, JsValue> {
     let (classifier, backend) = current()?;
-    let prediction = run(&classifier, &bytes, &backend).await.map_err(js_error)?;
-    to_js(&prediction)
+    let prediction = run(&classifier, &bytes, &backend).await.map_err(coded_error)?;
+    Ok(to_js(&prediction)?)
 }
 
 /// The model card of the embedded model, as Markdown.

@@ -8,8 +8,9 @@ let sampleName = null;
 let modelReady = false;
 let handled = 0;
 
-function showError(message) {
+function showError(message, code = 'error') {
   $('error').textContent = message;
+  $('error').dataset.code = code;
   $('error').hidden = false;
 }
 
@@ -112,7 +113,7 @@ async function handle(file, name) {
   try {
     const msg = await classify(await file.arrayBuffer());
     if (msg.type === 'error') {
-      showError(`${name}: ${msg.message}`);
+      showError(`${name}: ${msg.message}`, msg.code);
       setStatus('Ready for the next image.');
       return;
     }

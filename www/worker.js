@@ -62,6 +62,6 @@ self.onmessage = async (event) => {
     const message = (e && e.message) ? e.message : String(e);
     // A Rust panic aborts the wasm instance (RuntimeError): it cannot be used again.
     const crashed = e instanceof WebAssembly.RuntimeError;
-    self.postMessage({ type: msg.type === 'init' ? 'fatal' : (crashed ? 'crashed' : 'error'), id: msg.id, message });
+    self.postMessage({ type: msg.type === 'init' ? 'fatal' : (crashed ? 'crashed' : 'error'), id: msg.id, message, code: (e && e.code) || (crashed ? 'crashed' : 'error') });
   }
 };

@@ -2,13 +2,12 @@
 // dist/ is served under a sub-path by a tiny static server, as any static host would.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import zlib from 'node:zlib';
 import fs from 'node:fs';
 import path from 'node:path';
 import { execFileSync } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { chromium } from 'playwright-core';
-import { serveStatic, png, CHROMIUM_FLAGS } from './support.mjs';
+import { serveStatic, CHROMIUM_FLAGS } from './support.mjs';
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
 const dist = path.join(root, 'dist');
@@ -111,29 +110,32 @@ test('parity on the WebGPU path (?backend=webgpu, software adapter), and auto tr
   await auto.page.close();
 });
 
-test('bad files show a clear error and the next good file is still classified', async () => {
-  const dir = fs.mkdtempSync('/tmp/cxr-bad-');
-  const real = fs.readFileSync(REAL[0]);
-  const bomb = (() => { const p = png(4, 4, () => 0); const b = Buffer.from(p); b.writeUInt32BE(60000, 16); b.writeUInt32BE(60000, 20);
-    b.writeUInt32BE(zlib.crc32(b.subarray(12, 29)), 29); return b; })();
-  const bad = {
-    'empty.png': [Buffer.alloc(0), /empty/],
-    'notes.png': [Buffer.from('this is a text file renamed to png\n'), /text file/],
-    'paper.png': [Buffer.from('%PDF-1.7\n1 0 obj\n<<>>\nendobj\n'), /PDF/],
-    'cut.png': [real.subarray(0, real.length >> 1), /damaged or incomplete/],
-    'blank.png': [png(64, 64, () => 128), /blank/],
-    'bomb.png': [bomb, /too large/],
-  };
-  const { page } = await openPage();
-  for (const [name, [bytes, message]] of Object.entries(bad)) {
-    const file = path.join(dir, name);
-    fs.writeFileSync(file, bytes);
-    await classifyFile(page, file);
+test('the bad- and unusual-input corpus: clear errors, valid files classified as natively, the page never dies', async () => {
+  // tests/inputs/manifest.json: the same corpus as `trainer predict` in trainer/tests/bad_input.rs.
+  const inputs = path.join(root, 'tests/inputs');
+  const manifest = JSON.parse(fs.readFileSync(path.join(inputs, 'manifest.json'), 'utf8'));
+  const valid = manifest.filter((e) => e.expect === 'classify');
+  const native = nativePredictions(valid.map((e) => path.join(inputs, e.file)));
+  const { page, errors } = await openPage();
+  for (const entry of manifest) {
+    const started = Date.now();
+    await classifyFile(page, path.join(inputs, entry.file));
     const shown = await shownResult(page);
-    assert.match(shown.error, message, `${name}: ${shown.error}`);
-    await classifyFile(page, REAL[2]);
-    assert.equal((await shownResult(page)).error, '', `after ${name}`);
+    const seconds = (Date.now() - started) / 1000;
+    if (entry.expect === 'classify') {
+      assert.equal(shown.error, '', `${entry.file} (${entry.kind}) was refused: ${shown.error}`);
+      const want = native[valid.indexOf(entry)].probability;
+      assert.ok(Math.abs(shown.probability - want) < 1e-3, `${entry.file}: page ${shown.probability}, native ${want}`);
+    } else {
+      assert.ok(shown.error.length > 40, `${entry.file} (${entry.kind}): no clear error shown: '${shown.error}'`);
+      const code = await page.evaluate(() => document.querySelector('[data-testid=error]').dataset.code);
+      if (entry.code) assert.equal(code, entry.code, `${entry.file}: ${shown.error}`);
+      await classifyFile(page, REAL[2]);
+      assert.equal((await shownResult(page)).error, '', `a good file after ${entry.file}`);
+    }
+    assert.ok(seconds < 20, `${entry.file} took ${seconds} s`);
   }
+  assert.deepEqual(errors, []);
   await page.close();
 });
 
@@ -172,9 +174,11 @@ test('drop, paste and the sample all classify and draw the saliency; the overlay
   await page.close();
 });
 
-test('no request leaves the site origin during a whole visit', async () => {
+test('no request leaves the site origin during a whole visit (load, classify, an error, the sample)', async () => {
   const { page, requests } = await openPage();
   await classifyFile(page, REAL[0]);
+  await classifyFile(page, path.join(root, 'tests/inputs/truncated.png'));
+  assert.notEqual((await shownResult(page)).error, '');
   await page.click('[data-testid=sample]');
   await page.waitForFunction(() => document.getElementById('file-name').textContent.includes('NIH'), null, { timeout: 120_000 });
   assert.ok(requests.length > 3);

@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use burn::tensor::Device;
-use cxr::preprocess::{decode, min_max_normalize};
+use cxr::preprocess::{check_file_size, decode, min_max_normalize};
 use cxr::saliency::overlay_rgb;
 use cxr::{Classifier, CxrError, Prediction};
 use serde_json::json;
@@ -32,12 +32,41 @@ fn write_overlay(bytes: &[u8], prediction: &Prediction, out: &Path) -> Result<()
         .map_err(|e| format!("{}: {e}", out.display()))
 }
 
-fn classify(classifier: &Classifier, file: &Path) -> Result<(Vec<u8>, Prediction), String> {
-    if file.is_dir() {
-        return Err("is a folder, not an image file".into());
+/// Why one file could not be classified: a short code (as on the page) and a message.
+struct Failure {
+    code: &'static str,
+    message: String,
+}
+
+impl Failure {
+    fn new(code: &'static str, message: impl Into<String>) -> Self {
+        Failure { code, message: message.into() }
     }
-    let bytes = std::fs::read(file).map_err(|e| e.to_string())?;
-    let prediction = classifier.classify(&bytes).map_err(|e: CxrError| e.to_string())?;
+}
+
+/// Read a file for classification: only a regular file within the size limit is read, so a
+/// folder, a pipe or a device (which could block or never end) is refused up front.
+fn read_image_file(file: &Path) -> Result<Vec<u8>, Failure> {
+    let meta = std::fs::metadata(file).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => Failure::new("not_found", "no such file (or a broken link)"),
+        std::io::ErrorKind::PermissionDenied => Failure::new("unreadable", "permission denied: the file cannot be read"),
+        _ => Failure::new("unreadable", format!("cannot read the file: {e}")),
+    })?;
+    if meta.is_dir() {
+        return Err(Failure::new("not_a_file", "is a folder, not an image file"));
+    }
+    if !meta.is_file() {
+        return Err(Failure::new("not_a_file", "is not a regular file (a pipe, socket or device)"));
+    }
+    check_file_size(meta.len()).map_err(|e| Failure::new("file_too_large", e.to_string()))?;
+    std::fs::read(file).map_err(|e| Failure::new("unreadable", format!("cannot read the file: {e}")))
+}
+
+fn classify(classifier: &Classifier, file: &Path) -> Result<(Vec<u8>, Prediction), Failure> {
+    let bytes = read_image_file(file)?;
+    let prediction = classifier
+        .classify(&bytes)
+        .map_err(|e: CxrError| Failure::new(e.code(), e.to_string()))?;
     Ok((bytes, prediction))
 }
 
@@ -50,7 +79,7 @@ pub fn run(files: &[PathBuf], weights: Option<&Path>, cam: Option<&Path>, as_jso
         let shown = file.display().to_string();
         let result = classify(&classifier, file).and_then(|(bytes, p)| {
             if let Some(cam) = cam {
-                write_overlay(&bytes, &p, &cam_path(cam, file, files.len() > 1))?;
+                write_overlay(&bytes, &p, &cam_path(cam, file, files.len() > 1)).map_err(|m| Failure::new("write_failed", m))?;
             }
             Ok(p)
         });
@@ -62,10 +91,10 @@ pub fn run(files: &[PathBuf], weights: Option<&Path>, cam: Option<&Path>, as_jso
                     println!("{shown}: {} (probability of effusion {:.3}, threshold {:.2})", p.label, p.probability, p.threshold);
                 }
             }
-            Err(message) => {
+            Err(Failure { code, message }) => {
                 failed += 1;
                 if as_json {
-                    rows.push(json!({"file": shown, "error": message}));
+                    rows.push(json!({"file": shown, "error": message, "code": code}));
                 } else {
                     eprintln!("{shown}: error: {message}");
                 }

@@ -3,9 +3,16 @@
 //! checkpoints and `--resume`.
 //!
 //! A run folder holds: `options.json`, `split.json`, `metrics.csv`, `best.cxrw` (the checkpoint
-//! with the best validation AUC, with its metrics in the model card), and the resume state
-//! `last.bpk` (f32 weights), `last.optim`, `state.json`. Every file is written to a temporary name
-//! and renamed, so a crash at any moment leaves the previous checkpoint intact.
+//! with the best validation AUC, with its metrics in the model card), and the resume state:
+//! `epoch-N.bpk` (f32 weights) and `epoch-N.optim` for the last finished epoch N, and
+//! `state.json`, which names N.
+//!
+//! Crash safety (tested by killing the trainer with SIGKILL, also in the middle of a write):
+//! every file is written to a temporary name, synced and renamed, so each file is either its old
+//! or its new complete version. An epoch's checkpoint files are written first under new names;
+//! renaming `state.json` into place is the commit that makes them the resume point; the older
+//! epoch's files are removed only after that. On `--resume`, rows of `metrics.csv` past the
+//! committed epoch and stray temporary files are dropped.
 
 use std::fs;
 use std::io::Write;
@@ -121,26 +128,116 @@ fn io_err(path: &Path, e: impl std::fmt::Display) -> String {
     format!("{}: {e}", path.display())
 }
 
-/// Write a file atomically: temporary name, then rename.
+/// Test hook: with `CXR_TEST_SLOW_WRITE_MS` set, [`write_atomic`] writes in 64 KiB pieces with
+/// that pause between them, so the crash test can kill the trainer in the middle of a write.
+const SLOW_WRITE_ENV: &str = "CXR_TEST_SLOW_WRITE_MS";
+
+/// Write a file atomically: temporary name, synced, then renamed over the old one.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), String> {
     let tmp = path.with_extension(format!(
         "{}.tmp",
         path.extension().and_then(|e| e.to_str()).unwrap_or("")
     ));
     let mut f = fs::File::create(&tmp).map_err(|e| io_err(&tmp, e))?;
-    f.write_all(bytes).map_err(|e| io_err(&tmp, e))?;
+    match std::env::var(SLOW_WRITE_ENV).ok().and_then(|v| v.parse::<u64>().ok()) {
+        Some(ms) => {
+            for piece in bytes.chunks(64 * 1024) {
+                f.write_all(piece).map_err(|e| io_err(&tmp, e))?;
+                f.flush().map_err(|e| io_err(&tmp, e))?;
+                std::thread::sleep(std::time::Duration::from_millis(ms));
+            }
+        }
+        None => f.write_all(bytes).map_err(|e| io_err(&tmp, e))?,
+    }
     f.sync_all().map_err(|e| io_err(&tmp, e))?;
-    fs::rename(&tmp, path).map_err(|e| io_err(path, e))
+    fs::rename(&tmp, path).map_err(|e| io_err(path, e))?;
+    // Make the rename itself durable (best effort: not every file system syncs folders).
+    if let Some(dir) = path.parent() {
+        let _ = fs::File::open(dir).and_then(|d| d.sync_all());
+    }
+    Ok(())
 }
 
-/// Check before training that the run folder can be written, so a typo or a full disk is
-/// reported now rather than after the first epoch.
+/// Check before training that the run folder can be written, so a typo, a read-only place or a
+/// full disk is reported now rather than after the first epoch.
 pub fn check_writable(out: &Path) -> Result<(), String> {
     fs::create_dir_all(out).map_err(|e| format!("cannot create run folder {}: {e}", out.display()))?;
     let probe = out.join(".write-test");
     let result = fs::write(&probe, vec![0u8; 1 << 20]);
     let _ = fs::remove_file(&probe);
     result.map_err(|e| format!("cannot write to run folder {}: {e}", out.display()))
+}
+
+/// Bytes a run of a model with `params` parameters needs in its folder at the worst moment:
+/// f32 weights and two AdamW moments for two epochs (the committed one and the one being
+/// written), plus the f16 best checkpoint and its temporary copy, plus 16 MiB of reports.
+pub fn space_needed(params: usize) -> u64 {
+    let params = params as u64;
+    2 * (params * 4 * 3) + 2 * (params * 2) + (16 << 20)
+}
+
+/// The problem, if any, of having `available` bytes free for a run that needs `needed`.
+pub fn space_problem(out: &Path, available: u64, needed: u64) -> Option<String> {
+    (available < needed).then(|| {
+        format!(
+            "the disk of run folder {} has {:.1} MB free; this model's checkpoints need about {:.1} MB. Free some space or choose another --out",
+            out.display(),
+            available as f64 / 1e6,
+            needed as f64 / 1e6
+        )
+    })
+}
+
+/// Free bytes on the file system that holds `path` (`None` where it cannot be told).
+#[cfg(unix)]
+fn available_space(path: &Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
+    let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `c` is a valid NUL-terminated path and `stat` a properly sized out-parameter.
+    let rc = unsafe { libc::statvfs(c.as_ptr(), &mut stat) };
+    (rc == 0).then(|| stat.f_bavail as u64 * stat.f_frsize as u64)
+}
+
+#[cfg(not(unix))]
+fn available_space(_path: &Path) -> Option<u64> {
+    None
+}
+
+/// Refuse to start when the run folder's disk cannot hold this model's checkpoints.
+pub fn check_space(out: &Path, params: usize) -> Result<(), String> {
+    match available_space(out).and_then(|free| space_problem(out, free, space_needed(params))) {
+        Some(problem) => Err(problem),
+        None => Ok(()),
+    }
+}
+
+fn checkpoint_paths(out: &Path, epoch: usize) -> (PathBuf, PathBuf) {
+    (out.join(format!("epoch-{epoch}.bpk")), out.join(format!("epoch-{epoch}.optim")))
+}
+
+/// Bring a run folder back to its last committed epoch: drop temporary files and checkpoints of
+/// other epochs (a write the crash cut short) and `metrics.csv` rows past `epoch`.
+fn recover(out: &Path, epoch: usize, metrics_path: &Path) -> Result<(), String> {
+    let keep = checkpoint_paths(out, epoch);
+    for entry in fs::read_dir(out).map_err(|e| io_err(out, e))?.flatten() {
+        let path = entry.path();
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        let stray_checkpoint = name.starts_with("epoch-") && path != keep.0 && path != keep.1;
+        if name.ends_with(".tmp") || stray_checkpoint {
+            fs::remove_file(&path).map_err(|e| io_err(&path, e))?;
+        }
+    }
+    if let Ok(text) = fs::read_to_string(metrics_path) {
+        let kept: Vec<&str> = text
+            .lines()
+            .enumerate()
+            .filter(|(i, line)| *i == 0 || line.split(',').next().and_then(|e| e.parse::<usize>().ok()).is_some_and(|e| e <= epoch))
+            .map(|(_, line)| line)
+            .collect();
+        write_atomic(metrics_path, format!("{}\n", kept.join("\n")).as_bytes())?;
+    }
+    Ok(())
 }
 
 /// Load the data, apply the prevalence, and split (or reuse the run's saved split).
@@ -333,12 +430,16 @@ pub fn train(opts: &TrainOptions, out: &Path, base_device: &Device, resume: bool
     let mut model = arch.init(&device);
     let mut optim = AdamWConfig::new().with_weight_decay(opts.weight_decay).init();
     let mut state = RunState { epoch: 0, best_auc: f64::NEG_INFINITY, best_epoch: 0 };
+    check_space(out, model.num_params())?;
+    let metrics_path = out.join("metrics.csv");
     if resume && state_path.is_file() {
         let text = fs::read_to_string(&state_path).map_err(|e| io_err(&state_path, e))?;
         state = serde_json::from_str(&text).map_err(|e| io_err(&state_path, e))?;
-        let record = ModuleRecord::load(out.join("last.bpk")).map_err(|e| format!("last.bpk: {e}"))?;
-        model = model.try_load_record(record).map_err(|e| format!("last.bpk: {e}"))?;
-        optim = optim.load(out.join("last.optim")).map_err(|e| format!("last.optim: {e}"))?;
+        recover(out, state.epoch, &metrics_path)?;
+        let (weights_path, optim_path) = checkpoint_paths(out, state.epoch);
+        let record = ModuleRecord::load(&weights_path).map_err(|e| io_err(&weights_path, e))?;
+        model = model.try_load_record(record).map_err(|e| io_err(&weights_path, e))?;
+        optim = optim.load(&optim_path).map_err(|e| io_err(&optim_path, e))?;
         if !quiet {
             eprintln!("resuming after epoch {} (best AUC {:.4} at epoch {})", state.epoch, state.best_auc, state.best_epoch);
         }
@@ -351,8 +452,9 @@ pub fn train(opts: &TrainOptions, out: &Path, base_device: &Device, resume: bool
     let augmentation = AugmentConfig::with_strength(opts.augment_p, opts.augment_strength);
     let steps_per_epoch = train_items.len().div_ceil(opts.batch_size);
     let total_steps = steps_per_epoch * opts.epochs;
-    let metrics_path = out.join("metrics.csv");
     if state.epoch == 0 {
+        // A fresh start (perhaps after a run killed before its first epoch was committed).
+        recover(out, 0, &metrics_path)?;
         fs::write(&metrics_path, "epoch,train_loss,valid_loss,valid_auc,auc_lo,auc_hi,accuracy,sensitivity,specificity,lr,seconds\n")
             .map_err(|e| io_err(&metrics_path, e))?;
     }
@@ -445,13 +547,21 @@ pub fn train(opts: &TrainOptions, out: &Path, base_device: &Device, resume: bool
             let best = serde_json::json!({ "epoch": epoch + 1, "validation": at_threshold, "scores": scores, "labels": labels });
             write_atomic(&out.join("best.json"), &serde_json::to_vec_pretty(&best).map_err(|e| e.to_string())?)?;
         }
-        // Resume state: weights and optimizer first, the state file that points at them last.
+        // Resume state: this epoch's weights and optimizer under new names, then the state file
+        // that names them (the commit), then the previous epoch's files go.
+        let previous = state.epoch;
         state.epoch = epoch + 1;
+        let (weights_path, optim_path) = checkpoint_paths(out, state.epoch);
         let record = eval.into_record().into_bytes().map_err(|e| e.to_string())?;
-        write_atomic(&out.join("last.bpk"), &record)?;
+        write_atomic(&weights_path, &record)?;
         let optim_bytes = optim.into_bytes().map_err(|e| e.to_string())?;
-        write_atomic(&out.join("last.optim"), &optim_bytes)?;
+        write_atomic(&optim_path, &optim_bytes)?;
         write_atomic(&state_path, &serde_json::to_vec_pretty(&state).map_err(|e| e.to_string())?)?;
+        if previous > 0 {
+            let (old_weights, old_optim) = checkpoint_paths(out, previous);
+            let _ = fs::remove_file(old_weights);
+            let _ = fs::remove_file(old_optim);
+        }
         write_report(out, &opts, &state, stopped_early)?;
     }
     write_report(out, &opts, &state, stopped_early)?;
@@ -606,6 +716,15 @@ mod tests {
         let nll_a = -(2f32.exp() / (2f32.exp() + 1.0)).ln();
         let cw: f32 = loss(logits, &labels, LossKind::ClassWeighted, [1.0, 3.0], 5.0).into_scalar();
         assert!((cw - (nll_a + 3.0 * nll1) / 4.0).abs() < 1e-5);
+    }
+
+    #[test]
+    fn free_space_rule_counts_two_epochs_of_checkpoints() {
+        let full_width = space_needed(11_180_866);
+        assert!((290_000_000..330_000_000).contains(&full_width), "{full_width}");
+        let out = Path::new("/runs/x");
+        assert!(space_problem(out, full_width - 1, full_width).unwrap().contains("MB free"));
+        assert_eq!(space_problem(out, full_width, full_width), None);
     }
 
     #[test]

@@ -1,47 +1,8 @@
 //! End-to-end tests of the `trainer` command line on small real X-rays (tests/fixtures).
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+mod common;
 
-fn trainer(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_trainer"))
-        .args(args)
-        .output()
-        .expect("run trainer")
-}
-
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures")
-}
-
-fn temp(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("cxr-cli-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-/// A folder-per-class data set of the fixture X-rays, each written several times (as 8-bit
-/// PNG, and re-encoded) so a split has images on both sides.
-fn dataset() -> PathBuf {
-    let dir = temp("data");
-    for (class, prefix) in [("effusion", "effusion"), ("nofinding", "normal")] {
-        std::fs::create_dir_all(dir.join(class)).unwrap();
-        for entry in std::fs::read_dir(fixtures()).unwrap() {
-            let path = entry.unwrap().path();
-            let name = path.file_name().unwrap().to_string_lossy().into_owned();
-            if name.starts_with(prefix) && name.ends_with(".png") {
-                let img = image::open(&path).unwrap();
-                for k in 0..3 {
-                    let small = img.resize_exact(96 + 16 * k, 96 + 16 * k, image::imageops::FilterType::Triangle);
-                    small.save(dir.join(class).join(format!("{k}-{name}"))).unwrap();
-                }
-            }
-        }
-    }
-    std::fs::write(dir.join("effusion/corrupt.png"), b"\x89PNG\r\n\x1a\nbroken").unwrap();
-    dir
-}
+use common::{dataset, fixtures, temp, trainer};
 
 #[test]
 fn predict_reports_each_file_and_fails_only_the_bad_ones() {
@@ -67,7 +28,7 @@ fn predict_reports_each_file_and_fails_only_the_bad_ones() {
 
 #[test]
 fn train_evaluate_resume_and_export() {
-    let data = dataset();
+    let data = dataset("data");
     let run = temp("run");
     let common = ["--data", data.to_str().unwrap(), "--out", run.to_str().unwrap(), "--input-size", "64",
         "--width", "0.125", "--batch-size", "4", "--valid-fraction", "0.34", "--backend", "cpu", "--quiet"];

@@ -1,0 +1,40 @@
+//! Replays every input kept in fuzz/regressions/ (inputs on which the fuzzer once found a
+//! crash, hang or wrong result) through the same checks as the fuzz targets.
+
+#[path = "support/fuzz_pipeline.rs"]
+mod pipeline;
+
+use std::path::Path;
+
+fn replay(target: &str, check: fn(&[u8])) -> usize {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/regressions").join(target);
+    let mut count = 0;
+    for entry in std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "md") {
+            continue;
+        }
+        check(&std::fs::read(&path).unwrap());
+        count += 1;
+    }
+    count
+}
+
+#[test]
+fn image_pipeline_regressions() {
+    let replayed = replay("decode_preprocess", pipeline::image_pipeline);
+    eprintln!("replayed {replayed} image inputs");
+}
+
+#[test]
+fn weights_reader_regressions() {
+    let replayed = replay("weights", pipeline::weights_reader);
+    eprintln!("replayed {replayed} weight-file inputs");
+}
+
+#[test]
+fn the_pipeline_check_runs_a_real_image_to_the_end() {
+    // Guards the harness itself: a valid X-ray goes through every step without a finding.
+    let bytes = std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/normal0.png")).unwrap();
+    pipeline::image_pipeline(&bytes);
+}

@@ -1,0 +1,42 @@
+//! What the fuzz targets check, shared by `fuzz/fuzz_targets/*` and `tests/fuzz_regressions.rs`
+//! (which replays every input the fuzzer ever found a problem with).
+
+use std::sync::OnceLock;
+
+use burn::tensor::{Device, Tensor, TensorData};
+use cxr::model::{ResNet, ResNetConfig};
+use cxr::preprocess::{decode, preprocess_luma, preview};
+
+/// Model input side for the fuzzed pipeline (small, so each execution is quick).
+const SIZE: usize = 32;
+
+fn tiny_model() -> &'static (ResNet, Device) {
+    static MODEL: OnceLock<(ResNet, Device)> = OnceLock::new();
+    MODEL.get_or_init(|| {
+        let device = Device::flex();
+        let config = ResNetConfig { in_channels: 1, stem_width: 4, widths: vec![4, 8], depths: vec![1, 1], num_classes: 2 };
+        (config.init(&device), device)
+    })
+}
+
+/// Raw bytes → decode → preview → min-max → resize → a tiny ResNet forward with CAM. Whatever
+/// the bytes, a typed error or finite outputs in range; a panic is a finding.
+pub fn image_pipeline(bytes: &[u8]) {
+    let Ok(image) = decode(bytes) else { return };
+    assert_eq!(image.pixels.len(), image.width * image.height);
+    let _ = preview(&image, 64);
+    let Ok(input) = preprocess_luma(&image, SIZE) else { return };
+    assert_eq!(input.pixels.len(), SIZE * SIZE);
+    assert!(input.pixels.iter().all(|p| (0.0..=1.0).contains(p)), "model input outside [0, 1]");
+    let (model, device) = tiny_model();
+    let x = Tensor::<4>::from_data(TensorData::new(input.pixels, [1, 1, SIZE, SIZE]), device);
+    let (logits, cam) = model.forward_with_cam(x);
+    let logits: Vec<f32> = logits.into_data().to_vec().expect("f32 logits");
+    let cam: Vec<f32> = cam.into_data().to_vec().expect("f32 CAM");
+    assert!(logits.iter().chain(&cam).all(|v| v.is_finite()), "non-finite model output");
+}
+
+/// Raw bytes → the `.cxrw` weight-file reader: a typed error or a model, never a panic.
+pub fn weights_reader(bytes: &[u8]) {
+    let _ = cxr::weights::decode(bytes, &Device::flex());
+}
