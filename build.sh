@@ -61,11 +61,27 @@ build() {
   mkdir -p "$DIST/pkg"
   wasm-bindgen --target web --no-typescript --out-dir "$DIST/pkg" \
     "$CARGO_TARGET_DIR/$WASM_TARGET/wasm-release/cxr.wasm"
-  log "optimising the wasm (wasm-opt -Oz)"
-  node_modules/.bin/wasm-opt -Oz --enable-simd --enable-bulk-memory --enable-sign-ext \
-    --enable-mutable-globals --enable-nontrapping-float-to-int --enable-reference-types \
-    --enable-multivalue "$DIST/pkg/cxr_bg.wasm" -o "$DIST/pkg/cxr_bg.wasm"
+  # wasm-opt takes minutes: keep its output per input (in the target folder) and reuse it.
+  local key cached
+  key=$( (sha256sum "$DIST/pkg/cxr_bg.wasm"; node_modules/.bin/wasm-opt --version) | sha256sum | cut -c1-32)
+  cached="$CARGO_TARGET_DIR/wasm-opt-cache/$key.wasm"
+  if [ -f "$cached" ]; then
+    log "optimised wasm unchanged (wasm-opt output reused)"
+    cp "$cached" "$DIST/pkg/cxr_bg.wasm"
+  else
+    log "optimising the wasm (wasm-opt -Oz)"
+    node_modules/.bin/wasm-opt -Oz --enable-simd --enable-bulk-memory --enable-sign-ext \
+      --enable-mutable-globals --enable-nontrapping-float-to-int --enable-reference-types \
+      --enable-multivalue "$DIST/pkg/cxr_bg.wasm" -o "$DIST/pkg/cxr_bg.wasm"
+    mkdir -p "$(dirname "$cached")"
+    find "$(dirname "$cached")" -name '*.wasm' -mtime +7 -delete
+    cp "$DIST/pkg/cxr_bg.wasm" "$cached"
+  fi
   cp -r www/. "$DIST/"
+  # The service worker's cache name changes with every build, so a new build replaces the old cache.
+  local stamp
+  stamp=$(cd "$DIST" && find . -type f ! -name sw.js -print0 | sort -z | xargs -0 sha256sum | sha256sum | cut -c1-16)
+  sed -i "s/__BUILD__/$stamp/" "$DIST/sw.js"
   local raw br
   raw=$(stat -c %s "$DIST/pkg/cxr_bg.wasm")
   br=$(node -e "const z=require('zlib');process.stdout.write(String(z.brotliCompressSync(require('fs').readFileSync(process.argv[1])).length))" "$DIST/pkg/cxr_bg.wasm")

@@ -26,6 +26,19 @@ pub struct Prediction {
     pub cam_size: usize,
     pub original_width: usize,
     pub original_height: usize,
+    /// Whether the image looks unlike a frontal chest X-ray (`None` when the model file has no
+    /// gate): the prediction is then not to be trusted.
+    pub ood: Option<bool>,
+    /// The gate's distance of this image from the training X-rays, and its threshold.
+    pub ood_distance: Option<f32>,
+    pub ood_threshold: Option<f32>,
+}
+
+/// What one forward pass leaves on the device: logits, CAM and pooled features.
+pub struct RawOutput {
+    pub logits: Tensor<2>,
+    pub cam: Tensor<3>,
+    pub features: Tensor<2>,
 }
 
 /// Softmax probability of class 1 from two logits.
@@ -81,20 +94,27 @@ impl Classifier {
 
     /// Run the model with CAM on a preprocessed image; returns the tensors still on the device
     /// (read them with [`Self::finish`], or asynchronously in the browser).
-    pub fn run(&self, input: &Preprocessed) -> (Tensor<2>, Tensor<3>) {
+    pub fn run(&self, input: &Preprocessed) -> RawOutput {
         let s = self.info.input_size;
         assert_eq!(input.pixels.len(), s * s, "input is not {s}x{s}");
         let x = Tensor::from_data(TensorData::new(input.pixels.clone(), [1, 1, s, s]), &self.device);
-        self.model.forward_with_cam(x)
+        let (logits, cam, features) = self.model.forward_all(x);
+        RawOutput { logits, cam, features }
     }
 
-    /// Build the prediction from the logits and CAM read back from the device.
+    /// Build the prediction from the logits, CAM and features read back from the device.
     pub fn finish(
         &self,
         input: &Preprocessed,
         logits: TensorData,
         cam: TensorData,
+        features: TensorData,
     ) -> Result<Prediction, CxrError> {
+        let features = features
+            .try_to_vec::<f32>()
+            .map_err(|e| CxrError::Inference(format!("{e:?}")))?;
+        let gate = self.info.ood.as_ref();
+        let ood_distance = gate.map(|g| g.distance(&features));
         let logits = logits
             .try_to_vec::<f32>()
             .map_err(|e| CxrError::Inference(format!("{e:?}")))?;
@@ -116,14 +136,17 @@ impl Classifier {
             cam_size: self.info.input_size,
             original_width: input.original_width,
             original_height: input.original_height,
+            ood: gate.map(|g| g.flags(&features)),
+            ood_distance,
+            ood_threshold: gate.map(|g| g.threshold),
         })
     }
 
     /// Classify one file (synchronous; CPU backends and native use).
     pub fn classify(&self, bytes: &[u8]) -> Result<Prediction, CxrError> {
         let input = self.preprocess(bytes)?;
-        let (logits, cam) = self.run(&input);
-        self.finish(&input, logits.into_data(), cam.into_data())
+        let out = self.run(&input);
+        self.finish(&input, out.logits.into_data(), out.cam.into_data(), out.features.into_data())
     }
 
     /// Logits `[no finding, effusion]` for a batch of preprocessed images (no CAM).

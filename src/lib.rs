@@ -5,13 +5,17 @@
 //! - [`weights`]: the `.cxrw` weight file (model + description).
 //! - [`classifier`]: inference from bytes to a [`classifier::Prediction`].
 //! - [`saliency`]: heat maps and overlays of the CAM.
+//! - [`batch`]: batch results and their CSV export.
+//! - [`ood`]: the not-a-chest-X-ray gate on the model's features.
 //! - [`embedded`]: the default model compiled into the crate.
 //! - `web` (wasm only): the wasm-bindgen surface of the page.
 
+pub mod batch;
 pub mod classifier;
 pub mod embedded;
 pub mod error;
 pub mod model;
+pub mod ood;
 pub mod preprocess;
 pub mod saliency;
 pub mod weights;

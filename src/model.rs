@@ -217,9 +217,7 @@ impl ResNet {
 
     /// Logits `[batch, classes]` from last-stage features.
     pub fn classify_features(&self, features: Tensor<4>) -> Tensor<2> {
-        let [b, c, _, _] = features.dims();
-        let pooled = features.mean_dim(3).mean_dim(2).reshape([b, c]);
-        self.head.forward(pooled)
+        self.head.forward(self.pooled_features(features))
     }
 
     /// Logits `[batch, classes]` (0 = no finding, 1 = effusion).
@@ -230,9 +228,24 @@ impl ResNet {
     /// Logits and the effusion CAM `[batch, H, W]` in `[0, 1]` at the input's resolution,
     /// from one pass.
     pub fn forward_with_cam(&self, x: Tensor<4>) -> (Tensor<2>, Tensor<3>) {
+        let (logits, cam, _) = self.forward_all(x);
+        (logits, cam)
+    }
+
+    /// Globally pooled last-stage features `[batch, channels]`: what the head reads, and what
+    /// the out-of-distribution check measures.
+    pub fn pooled_features(&self, features: Tensor<4>) -> Tensor<2> {
+        let [b, c, _, _] = features.dims();
+        features.mean_dim(3).mean_dim(2).reshape([b, c])
+    }
+
+    /// Logits, the effusion CAM (as [`Self::forward_with_cam`]) and the pooled features, from
+    /// one pass.
+    pub fn forward_all(&self, x: Tensor<4>) -> (Tensor<2>, Tensor<3>, Tensor<2>) {
         let [b, _, h, w] = x.dims();
         let features = self.features(x);
-        let logits = self.classify_features(features.clone());
+        let pooled = self.pooled_features(features.clone());
+        let logits = self.head.forward(pooled.clone());
         let cam = self.class_activation(features);
         let up = interpolate(
             cam,
@@ -240,7 +253,7 @@ impl ResNet {
                 .with_align_corners(false)
                 .with_output_size([h, w]),
         );
-        (logits, up.reshape([b, h, w]))
+        (logits, up.reshape([b, h, w]), pooled)
     }
 
     /// Per-channel weight of the effusion-vs-no-finding decision: `w[:, 1] - w[:, 0]`, `[channels]`.

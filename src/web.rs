@@ -66,6 +66,10 @@ struct WebPrediction {
     heatmap: Vec<u8>,
     original_width: usize,
     original_height: usize,
+    /// `true` when the image looks unlike a frontal chest X-ray; `null` without a gate.
+    ood: Option<bool>,
+    ood_distance: Option<f32>,
+    ood_threshold: Option<f32>,
     #[serde(with = "serde_bytes_compat")]
     preview: Vec<u8>,
     preview_width: usize,
@@ -114,17 +118,13 @@ async fn run(classifier: &Classifier, bytes: &[u8], backend: &str) -> Result<Web
     let (preview_width, preview_height, preview) = preview(&image, PREVIEW_SIDE)?;
     drop(image);
     let t1 = now_ms();
-    let (logits, cam) = classifier.run(&input);
-    let logits = logits
-        .into_data_async()
-        .await
-        .map_err(|e| CxrError::Inference(format!("{e:?}")))?;
+    let out = classifier.run(&input);
+    let read = |e| CxrError::Inference(format!("{e:?}"));
+    let logits = out.logits.into_data_async().await.map_err(read)?;
     let t2 = now_ms();
-    let cam = cam
-        .into_data_async()
-        .await
-        .map_err(|e| CxrError::Inference(format!("{e:?}")))?;
-    let prediction = classifier.finish(&input, logits, cam)?;
+    let cam = out.cam.into_data_async().await.map_err(read)?;
+    let features = out.features.into_data_async().await.map_err(read)?;
+    let prediction = classifier.finish(&input, logits, cam, features)?;
     let heatmap = heatmap_rgba(&prediction.cam);
     let t3 = now_ms();
     Ok(WebPrediction {
@@ -137,6 +137,9 @@ async fn run(classifier: &Classifier, bytes: &[u8], backend: &str) -> Result<Web
         heatmap,
         original_width: prediction.original_width,
         original_height: prediction.original_height,
+        ood: prediction.ood,
+        ood_distance: prediction.ood_distance,
+        ood_threshold: prediction.ood_threshold,
         preview,
         preview_width,
         preview_height,
@@ -181,9 +184,11 @@ pub async fn init(backend: String) -> Result<JsValue, JsError> {
         original_width: s,
         original_height: s,
     };
-    let (logits, _) = classifier.run(&warm);
-    logits.into_data_async().await.map_err(|e| js_error(format!("{e:?}")))?;
-    let info = to_js(classifier.info())?;
+    classifier.run(&warm).logits.into_data_async().await.map_err(|e| js_error(format!("{e:?}")))?;
+    // The page needs the description, not the gate's matrix (its result comes with each image).
+    let mut shown = classifier.info().clone();
+    shown.ood = None;
+    let info = to_js(&shown)?;
     STATE.with(|st| {
         *st.borrow_mut() = Some(State {
             classifier: Rc::new(classifier),
@@ -202,6 +207,13 @@ pub async fn classify(bytes: Vec<u8>) -> Result<JsValue, JsValue> {
     let (classifier, backend) = current()?;
     let prediction = run(&classifier, &bytes, &backend).await.map_err(coded_error)?;
     Ok(to_js(&prediction)?)
+}
+
+/// CSV of a batch: `rows` is an array of objects with the fields of [`crate::batch::BatchRow`].
+#[wasm_bindgen]
+pub fn batch_csv(rows: JsValue) -> Result<String, JsError> {
+    let rows: Vec<crate::batch::BatchRow> = serde_wasm_bindgen::from_value(rows).map_err(js_error)?;
+    Ok(crate::batch::to_csv(&rows))
 }
 
 /// The model card of the embedded model, as Markdown.

@@ -42,6 +42,9 @@ pub struct ModelInfo {
     pub class_names: Vec<String>,
     #[serde(default)]
     pub reference: Option<Reference>,
+    /// The not-a-chest-X-ray gate fitted at export (absent in older files).
+    #[serde(default)]
+    pub ood: Option<crate::ood::OodGate>,
     /// Free-form model card (metrics, data, training command, date, intended use).
     #[serde(default)]
     pub card: serde_json::Value,
@@ -57,6 +60,7 @@ impl ModelInfo {
             threshold: 0.5,
             class_names: vec!["nofinding".into(), "effusion".into()],
             reference: None,
+            ood: None,
             card: serde_json::Value::Null,
         }
     }
@@ -81,6 +85,15 @@ impl ModelInfo {
                 self.class_names.len(),
                 self.architecture.num_classes
             )));
+        }
+        if let Some(gate) = &self.ood {
+            let d = self.architecture.feature_width();
+            if gate.mean.len() != d || gate.whitening.len() != d * d || !gate.threshold.is_finite() {
+                return Err(WeightsError::Config(format!(
+                    "the not-a-chest-X-ray gate is for {} features; the architecture has {d}",
+                    gate.mean.len()
+                )));
+            }
         }
         Ok(())
     }

@@ -1,4 +1,6 @@
 // The page: file input (drop, picker, paste, sample) → worker → drawing. Logic lives in Rust.
+import { createBatch, droppedFiles } from './batch.js';
+
 const $ = (id) => document.getElementById(id);
 const params = new URLSearchParams(location.search);
 let worker = null;
@@ -77,6 +79,14 @@ function startWorker(backend, note = null) {
 }
 startWorker(params.get('backend') || 'auto');
 
+// Offline use: a service worker caches the page, the wasm and the model (see sw.js).
+if ('serviceWorker' in navigator && params.get('offline') !== 'off') {
+  navigator.serviceWorker.register('sw.js')
+    .then(() => navigator.serviceWorker.ready)
+    .then(() => { $('offline').textContent = 'Saved for offline use: this page works without a network from now on.'; document.body.dataset.offline = 'ready'; })
+    .catch((e) => { $('offline').textContent = `Offline use is not available here (${e.message}).`; });
+}
+
 function showCard(info, markdown) {
   const v = (info.card && info.card.validation) || {};
   const auc = typeof v.auc === 'number' ? v.auc.toFixed(3) : 'n/a';
@@ -131,7 +141,9 @@ async function handle(file, name) {
     $('file-name').textContent = `${name} — ${r.original_width}×${r.original_height} px`;
     const t = r.timings;
     $('timings').textContent = `decode ${t.decode_ms.toFixed(0)} ms, preprocess ${t.preprocess_ms.toFixed(0)} ms, inference ${t.inference_ms.toFixed(0)} ms, saliency ${t.saliency_ms.toFixed(0)} ms (${r.backend})`;
+    $('ood-warning').hidden = r.ood !== true;
     const result = $('result');
+    result.dataset.ood = String(r.ood);
     result.dataset.probability = String(r.probability);
     result.dataset.label = r.label;
     result.dataset.backend = r.backend;
@@ -145,7 +157,27 @@ async function handle(file, name) {
   }
 }
 
-$('file').addEventListener('change', (e) => { const f = e.target.files[0]; if (f) handle(f, f.name); e.target.value = ''; });
+function csv(rows) {
+  const id = nextId++;
+  return new Promise((resolve, reject) => {
+    pending.set(id, (msg) => (msg.type === 'csv' ? resolve(msg.csv) : reject(new Error(msg.message))));
+    worker.postMessage({ type: 'csv', id, rows });
+  });
+}
+const batch = createBatch({ classify, csv, showSingle: (file, name) => handle(file, name) });
+
+// One file: the single view; several (or a folder): the batch table.
+function handleMany(items) {
+  if (items.length === 1) handle(items[0].file, items[0].name);
+  else if (items.length > 1) batch.run(items);
+}
+
+for (const id of ['file', 'folder']) {
+  $(id).addEventListener('change', (e) => {
+    handleMany([...e.target.files].map((file) => ({ file, name: file.webkitRelativePath || file.name })));
+    e.target.value = '';
+  });
+}
 $('sample').addEventListener('click', async () => {
   try {
     const response = await fetch(sampleName);
@@ -159,8 +191,11 @@ window.addEventListener('dragleave', () => document.body.classList.remove('dragg
 window.addEventListener('drop', (e) => {
   e.preventDefault();
   document.body.classList.remove('dragging');
-  const f = e.dataTransfer && e.dataTransfer.files[0];
-  if (f) handle(f, f.name); else showError('Nothing to classify was dropped: drop an image file.');
+  if (!e.dataTransfer || e.dataTransfer.items.length === 0) { showError('Nothing to classify was dropped: drop an image file.'); return; }
+  droppedFiles(e.dataTransfer).then((items) => {
+    if (items.length === 0) showError('Nothing to classify was dropped: drop an image file or a folder of them.');
+    else handleMany(items);
+  }, (err) => showError(`The dropped files could not be read: ${err.message || err}`));
 });
 window.addEventListener('paste', (e) => {
   const f = [...(e.clipboardData ? e.clipboardData.files : [])][0];

@@ -57,6 +57,9 @@ self.onmessage = async (event) => {
       await ready;
       const result = await cxr.classify(new Uint8Array(msg.bytes));
       self.postMessage({ type: 'result', id: msg.id, result }, [result.cam.buffer, result.heatmap.buffer, result.preview.buffer]);
+    } else if (msg.type === 'csv') {
+      await ready;
+      self.postMessage({ type: 'csv', id: msg.id, csv: cxr.batch_csv(msg.rows) });
     }
   } catch (e) {
     const message = (e && e.message) ? e.message : String(e);

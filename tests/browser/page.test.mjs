@@ -187,3 +187,77 @@ test('no request leaves the site origin during a whole visit (load, classify, an
   }
   await page.close();
 });
+
+test('offline: after one visit the page reloads and classifies with the network off; it has a web app manifest', async () => {
+  const context = await browser.newContext();
+  const page = await context.newPage();
+  const requests = [];
+  page.on('request', (r) => requests.push(r.url()));
+  await page.goto(`${origin}${PREFIX}`);
+  await page.waitForFunction(() => document.body.dataset.state === 'ready' && document.body.dataset.offline === 'ready', null, { timeout: 300_000 });
+  const manifest = await page.evaluate(async () => {
+    const link = document.querySelector('link[rel=manifest]');
+    return (await fetch(link.href)).json();
+  });
+  assert.equal(manifest.display, 'standalone');
+  assert.ok(manifest.icons.some((i) => i.sizes === '512x512'));
+  await context.setOffline(true);
+  await page.reload();
+  await page.waitForFunction(() => document.body.dataset.state === 'ready', null, { timeout: 300_000 });
+  assert.match(await page.textContent('[data-testid=status]'), /Model ready\./);
+  await classifyFile(page, REAL[1]);
+  const shown = await shownResult(page);
+  assert.equal(shown.error, '');
+  assert.ok(shown.probability >= 0 && shown.probability <= 1);
+  for (const url of requests) assert.ok(url.startsWith(origin) || url.startsWith('blob:') || url.startsWith('data:'), url);
+  await context.close();
+});
+
+test('batch: 46 files at once give a sortable table and a CSV with one right row per file', async () => {
+  const inputs = path.join(root, 'tests/inputs');
+  const manifest = JSON.parse(fs.readFileSync(path.join(inputs, 'manifest.json'), 'utf8'));
+  const files = manifest.map((e) => path.join(inputs, e.file));
+  const { page, errors } = await openPage();
+  await page.setInputFiles('input#file', files);
+  await page.waitForFunction(() => document.body.dataset.batch === 'done', null, { timeout: 300_000 });
+  assert.equal(await page.locator('#batch-table tbody tr').count(), manifest.length);
+  assert.match(await page.textContent('[data-testid=batch-progress]'), new RegExp(`^${manifest.length} of ${manifest.length} done`));
+  // Sorting by probability (descending on the second click) puts the highest first.
+  await page.click('#batch-table th[data-sort=probability]');
+  await page.click('#batch-table th[data-sort=probability]');
+  const shownOrder = await page.$$eval('#batch-table tbody tr', (trs) => trs.map((tr) => Number(tr.dataset.probability || -1)));
+  assert.deepEqual(shownOrder, [...shownOrder].sort((a, b) => b - a));
+  const [download] = await Promise.all([page.waitForEvent('download'), page.click('[data-testid=batch-csv]')]);
+  const csv = fs.readFileSync(await download.path(), 'utf8');
+  const lines = csv.split('\r\n').filter((l) => l);
+  assert.equal(lines[0], 'file,probability_effusion,label,threshold,not_a_chest_xray,error_code,error');
+  assert.equal(lines.length, manifest.length + 1);
+  const native = nativePredictions(files);
+  for (const [i, entry] of manifest.entries()) {
+    const fields = lines[i + 1].split(',');
+    assert.equal(fields[0], entry.file);
+    if (entry.expect === 'classify') {
+      assert.ok(Math.abs(Number(fields[1]) - native[i].probability) < 1e-3, `${lines[i + 1]} vs ${native[i].probability}`);
+    } else {
+      assert.equal(fields[1], '', lines[i + 1]);
+      if (entry.code) assert.equal(fields[5], entry.code, lines[i + 1]);
+    }
+  }
+  // A click on a row shows that file in the single view, with its saliency.
+  await page.click(`#batch-table tbody tr[data-file="grey8.png"]`);
+  await page.waitForFunction(() => document.getElementById('file-name').textContent.startsWith('grey8.png'), null, { timeout: 60_000 });
+  assert.deepEqual(errors, []);
+  await page.close();
+});
+
+test('not-a-chest-X-ray: a cat photo gets the warning, a real X-ray does not', async () => {
+  const { page, errors } = await openPage();
+  await classifyFile(page, path.join(root, 'tests/ood/chelsea.png'));
+  assert.equal((await shownResult(page)).error, '');
+  assert.equal(await page.isVisible('[data-testid=ood-warning]'), true);
+  assert.match(await page.textContent('[data-testid=ood-warning]'), /does not look like a frontal chest X-ray/);
+  await classifyFile(page, REAL[0]);
+  assert.equal(await page.isVisible('[data-testid=ood-warning]'), false);
+  assert.deepEqual(errors, []);
+  await page.close();
+});

@@ -31,8 +31,8 @@ pub fn image_pipeline(bytes: &[u8]) {
     let (model, device) = tiny_model();
     let x = Tensor::<4>::from_data(TensorData::new(input.pixels, [1, 1, SIZE, SIZE]), device);
     let (logits, cam) = model.forward_with_cam(x);
-    let logits: Vec<f32> = logits.into_data().to_vec().expect("f32 logits");
-    let cam: Vec<f32> = cam.into_data().to_vec().expect("f32 CAM");
+    let logits: Vec<f32> = logits.into_data().try_to_vec::<f32>().expect("f32 logits");
+    let cam: Vec<f32> = cam.into_data().try_to_vec::<f32>().expect("f32 CAM");
     assert!(logits.iter().chain(&cam).all(|v| v.is_finite()), "non-finite model output");
 }
 

@@ -8,6 +8,7 @@ mod evaluate;
 mod export;
 mod loader;
 mod metrics;
+mod ood;
 mod plots;
 mod predict;
 mod rng;
@@ -83,6 +84,9 @@ enum Command {
         /// Print one JSON array with an object per file.
         #[arg(long)]
         json: bool,
+        /// Also write the results as CSV (one row per file, errors included) to this file.
+        #[arg(long)]
+        csv: Option<PathBuf>,
     },
     /// Export a run's best checkpoint and model card to where the app embeds them from.
     Export {
@@ -95,6 +99,9 @@ enum Command {
         /// Sample X-ray bundled with the page; its logits are recorded for the page's self-test.
         #[arg(long, default_value = "www/sample.png")]
         sample: PathBuf,
+        /// Images that are not frontal chest X-rays, to measure the not-a-chest-X-ray gate.
+        #[arg(long, default_value = "tests/ood")]
+        ood_negatives: PathBuf,
         /// The command that trained the run, for the model card.
         #[arg(long)]
         command: Option<String>,
@@ -228,9 +235,11 @@ fn run() -> Result<ExitCode, String> {
             evaluate::run(&data, weights.as_deref(), run.as_deref(), all, json, &device)?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Predict { files, weights, cam, json } => predict::run(&files, weights.as_deref(), cam.as_deref(), json),
-        Command::Export { run, out, sample, command } => {
-            export::run(&run, &out, &sample, command)?;
+        Command::Predict { files, weights, cam, json, csv } => {
+            predict::run(&files, weights.as_deref(), cam.as_deref(), json, csv.as_deref())
+        }
+        Command::Export { run, out, sample, ood_negatives, command } => {
+            export::run(&run, &out, &sample, &ood_negatives, command)?;
             Ok(ExitCode::SUCCESS)
         }
     }

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use burn::tensor::Device;
 use cxr::preprocess::{check_file_size, decode, min_max_normalize};
+use cxr::batch::{to_csv, BatchRow};
 use cxr::saliency::overlay_rgb;
 use cxr::{Classifier, CxrError, Prediction};
 use serde_json::json;
@@ -70,11 +71,18 @@ fn classify(classifier: &Classifier, file: &Path) -> Result<(Vec<u8>, Prediction
     Ok((bytes, prediction))
 }
 
-pub fn run(files: &[PathBuf], weights: Option<&Path>, cam: Option<&Path>, as_json: bool) -> Result<ExitCode, String> {
+pub fn run(
+    files: &[PathBuf],
+    weights: Option<&Path>,
+    cam: Option<&Path>,
+    as_json: bool,
+    csv: Option<&Path>,
+) -> Result<ExitCode, String> {
     // One image at a time: the CPU backend starts instantly, a GPU would not pay off here.
     let classifier = load_classifier(weights, &Device::flex())?;
     let mut failed = 0;
     let mut rows = Vec::new();
+    let mut batch = Vec::new();
     for file in files {
         let shown = file.display().to_string();
         let result = classify(&classifier, file).and_then(|(bytes, p)| {
@@ -83,12 +91,36 @@ pub fn run(files: &[PathBuf], weights: Option<&Path>, cam: Option<&Path>, as_jso
             }
             Ok(p)
         });
+        batch.push(match &result {
+            Ok(p) => BatchRow {
+                file: shown.clone(),
+                probability: Some(p.probability),
+                label: Some(p.label.clone()),
+                threshold: Some(p.threshold),
+                ood: p.ood,
+                error_code: None,
+                error: None,
+            },
+            Err(f) => BatchRow {
+                file: shown.clone(),
+                probability: None,
+                label: None,
+                threshold: None,
+                ood: None,
+                error_code: Some(f.code.to_string()),
+                error: Some(f.message.clone()),
+            },
+        });
         match result {
             Ok(p) => {
                 if as_json {
-                    rows.push(json!({"file": shown, "probability": p.probability, "label": p.label, "threshold": p.threshold, "logits": p.logits}));
+                    rows.push(json!({"file": shown, "probability": p.probability, "label": p.label, "threshold": p.threshold,
+                        "logits": p.logits, "ood": p.ood, "ood_distance": p.ood_distance}));
                 } else {
                     println!("{shown}: {} (probability of effusion {:.3}, threshold {:.2})", p.label, p.probability, p.threshold);
+                    if p.ood == Some(true) {
+                        println!("  warning: this does not look like a frontal chest X-ray; the result is not meaningful");
+                    }
                 }
             }
             Err(Failure { code, message }) => {
@@ -103,6 +135,9 @@ pub fn run(files: &[PathBuf], weights: Option<&Path>, cam: Option<&Path>, as_jso
     }
     if as_json {
         println!("{}", serde_json::to_string_pretty(&rows).map_err(|e| e.to_string())?);
+    }
+    if let Some(csv) = csv {
+        std::fs::write(csv, to_csv(&batch)).map_err(|e| format!("{}: {e}", csv.display()))?;
     }
     Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }

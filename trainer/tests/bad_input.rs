@@ -130,3 +130,36 @@ fn things_that_are_not_image_files_are_refused_without_blocking() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_batch_of_the_whole_corpus_gives_one_csv_row_per_file() {
+    let manifest: Vec<serde_json::Value> =
+        serde_json::from_str(&std::fs::read_to_string(inputs().join("manifest.json")).unwrap()).unwrap();
+    let csv = std::env::temp_dir().join(format!("cxr-batch-{}.csv", std::process::id()));
+    let files: Vec<PathBuf> = manifest.iter().map(|e| inputs().join(e["file"].as_str().unwrap())).collect();
+    let out = Command::new(env!("CARGO_BIN_EXE_trainer"))
+        .args(["predict", "--csv", csv.to_str().unwrap()])
+        .args(&files)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "some corpus files are bad: exit code 1");
+    let text = std::fs::read_to_string(&csv).unwrap();
+    let lines: Vec<&str> = text.split("\r\n").filter(|l| !l.is_empty()).collect();
+    assert_eq!(lines[0], cxr::batch::CSV_HEADER.join(","));
+    assert_eq!(lines.len(), manifest.len() + 1, "{text}");
+    for (entry, line) in manifest.iter().zip(&lines[1..]) {
+        let name = entry["file"].as_str().unwrap();
+        let fields: Vec<&str> = line.splitn(7, ',').collect();
+        assert!(fields[0].ends_with(name), "{line}");
+        if entry["expect"] == "classify" {
+            let p: f64 = fields[1].parse().unwrap_or_else(|_| panic!("{line}"));
+            assert!((0.0..=1.0).contains(&p) && ["effusion", "nofinding"].contains(&fields[2]), "{line}");
+        } else {
+            assert!(fields[1].is_empty() && !fields[6].is_empty(), "{line}");
+            if let Some(code) = entry["code"].as_str() {
+                assert_eq!(fields[5], code, "{line}");
+            }
+        }
+    }
+    let _ = std::fs::remove_file(csv);
+}

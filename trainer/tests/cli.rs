@@ -65,13 +65,17 @@ fn train_evaluate_resume_and_export() {
     let export = temp("export");
     let sample = fixtures().join("effusion10.png");
     let out = trainer(&["export", "--run", run.to_str().unwrap(), "--out", export.to_str().unwrap(),
-        "--sample", sample.to_str().unwrap(), "--command", "trainer train ..."]);
+        "--sample", sample.to_str().unwrap(), "--ood-negatives", fixtures().join("../ood").to_str().unwrap(),
+        "--command", "trainer train ..."]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let card = std::fs::read_to_string(export.join("MODEL_CARD.md")).unwrap();
     assert!(card.contains("Not for clinical use") && card.contains("Wang X") && card.contains("trainer train ..."));
+    assert!(card.contains("validation X-rays wrongly flagged"), "{card}");
     let info = cxr::weights::read_info(&std::fs::read(export.join("effusion.cxrw")).unwrap()).unwrap();
     assert_eq!(info.reference.unwrap().sample, "effusion10.png");
     assert_eq!(info.input_size, 64);
+    let gate = info.ood.expect("export fits the not-a-chest-X-ray gate");
+    assert_eq!(gate.mean.len(), info.architecture.feature_width());
 }
 
 #[test]
