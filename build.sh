@@ -95,7 +95,32 @@ serve() {
   exec python3 -m http.server "$port" --bind 127.0.0.1 --directory "$DIST"
 }
 
+ensure_cargo_deny() {
+  if ! command -v cargo-deny >/dev/null 2>&1; then
+    log "installing cargo-deny (licence, source and advisory checks of the dependencies)"
+    cargo install cargo-deny --locked --version 0.20.2
+  fi
+}
+
+dependency_checks() {
+  ensure_cargo_deny
+  log "dependency licences, sources and bans (cargo deny)"
+  cargo deny --locked check licenses bans sources
+  # The RustSec advisory database is a git repository on github.com. Where github.com cannot be
+  # reached (as on this project's build machines), say so plainly instead of pretending to check.
+  if timeout 20 git ls-remote --exit-code https://github.com/rustsec/advisory-db HEAD >/dev/null 2>&1; then
+    log "known vulnerabilities (cargo deny check advisories)"
+    cargo deny --locked check advisories
+  elif [ -n "${CXR_ADVISORY_DB:-}" ]; then
+    log "known vulnerabilities against the local advisory database copy in $CXR_ADVISORY_DB"
+    cargo deny --locked check --disable-fetch --config <(sed "s|^\[advisories\]|[advisories]\ndb-path = \"$CXR_ADVISORY_DB\"|" deny.toml) advisories
+  else
+    log "WARNING: advisories NOT checked: github.com (the RustSec database) is unreachable; set CXR_ADVISORY_DB to a folder holding a clone"
+  fi
+}
+
 run_tests() {
+  dependency_checks
   log "native tests (cargo test --release --workspace)"
   cargo test --release --locked --workspace
   build
