@@ -54,7 +54,10 @@ pub fn preprocess(bytes: &[u8], size: usize) -> Result<Preprocessed, ImageError>
 /// Normalise and resize an already decoded image (the second half of [`preprocess`]).
 pub fn preprocess_luma(image: &LumaImage, size: usize) -> Result<Preprocessed, ImageError> {
     let normalized = min_max_normalize(&image.pixels)?;
-    let pixels = resize(&normalized, image.width, image.height, size, size);
+    let mut pixels = resize(&normalized, image.width, image.height, size, size);
+    // The filter's weights sum to 1 only up to rounding, which can step an ulp outside [0, 1]
+    // (found by fuzzing: fuzz/regressions/decode_preprocess/input-outside-unit-range).
+    pixels.iter_mut().for_each(|p| *p = p.clamp(0.0, 1.0));
     Ok(Preprocessed {
         pixels,
         size,
@@ -323,15 +326,15 @@ pub fn min_max_normalize(pixels: &[f32]) -> Result<Vec<f32>, ImageError> {
         min = min.min(p);
         max = max.max(p);
     }
-    let range = max - min;
+    // In f64: an f32 `max - min` can round below the true range and push the top above 1.
+    let range = f64::from(max) - f64::from(min);
     if range <= 0.0 || !range.is_finite() {
         return Err(ImageError::Blank);
     }
-    // Multiply by the reciprocal in f64 so that very small ranges keep their precision.
-    let inv = 1.0 / f64::from(range);
+    let inv = 1.0 / range;
     Ok(pixels
         .iter()
-        .map(|&p| ((f64::from(p) - f64::from(min)) * inv) as f32)
+        .map(|&p| (((f64::from(p) - f64::from(min)) * inv) as f32).clamp(0.0, 1.0))
         .collect())
 }
 

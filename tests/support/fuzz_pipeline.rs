@@ -1,6 +1,8 @@
 //! What the fuzz targets check, shared by `fuzz/fuzz_targets/*` and `tests/fuzz_regressions.rs`
 //! (which replays every input the fuzzer ever found a problem with).
 
+#![allow(dead_code)]
+
 use std::sync::OnceLock;
 
 use burn::tensor::{Device, Tensor, TensorData};
