@@ -112,8 +112,14 @@ dependency_checks() {
     log "known vulnerabilities (cargo deny check advisories)"
     cargo deny --locked check advisories
   elif [ -n "${CXR_ADVISORY_DB:-}" ]; then
-    log "known vulnerabilities against the local advisory database copy in $CXR_ADVISORY_DB"
-    cargo deny --locked check --disable-fetch --config <(sed "s|^\[advisories\]|[advisories]\ndb-path = \"$CXR_ADVISORY_DB\"|" deny.toml) advisories
+    # A local clone of https://github.com/rustsec/advisory-db, under the folder name cargo-deny
+    # derives from that URL.
+    log "known vulnerabilities against the local advisory database clone $CXR_ADVISORY_DB"
+    local dbs
+    dbs=$(mktemp -d)
+    ln -s "$(realpath "$CXR_ADVISORY_DB")" "$dbs/advisory-db-3157b0e258782691"
+    sed "s|^\[advisories\]|[advisories]\ndb-path = \"$dbs\"|" deny.toml > "$dbs/deny.toml"
+    cargo deny --locked --offline --config "$dbs/deny.toml" check advisories
   else
     log "WARNING: advisories NOT checked: github.com (the RustSec database) is unreachable; set CXR_ADVISORY_DB to a folder holding a clone"
   fi

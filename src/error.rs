@@ -6,17 +6,20 @@ use thiserror::Error;
 /// Why an image could not be turned into a model input.
 #[derive(Debug, Clone, PartialEq, Error)]
 pub enum ImageError {
-    #[error("The file is empty (0 bytes). Choose a chest X-ray image (PNG, JPEG, BMP, TIFF, WebP or GIF).")]
+    #[error("The file is empty (0 bytes). Choose a chest X-ray image (DICOM, PNG, JPEG, BMP, TIFF, WebP or GIF).")]
     Empty,
 
     #[error(
-        "This file is not an image format that can be read{}. Supported: PNG, JPEG, BMP, TIFF, WebP and GIF; export the X-ray as PNG.",
+        "This file is not an image format that can be read{}. Supported: DICOM, PNG, JPEG, BMP, TIFF, WebP and GIF; export the X-ray as PNG or DICOM.",
         .detected.as_ref().map(|d| format!(" (it looks like {d})")).unwrap_or_default()
     )]
     UnsupportedFormat { detected: Option<String> },
 
     #[error("The image format is known but this kind of image inside it cannot be read ({detail}). Export the X-ray as an 8- or 16-bit greyscale PNG.")]
     UnsupportedPixels { detail: String },
+
+    #[error("This DICOM file stores its pixels as {syntax}, which this build cannot decode. Export it from your DICOM viewer as uncompressed DICOM or as PNG.")]
+    UnsupportedDicom { syntax: String },
 
     #[error("The file is too large ({megabytes} MB; the limit is {max_megabytes} MB). A chest X-ray is rarely over 50 MB: export it as PNG or JPEG.")]
     FileTooLarge { megabytes: u64, max_megabytes: u64 },
@@ -88,6 +91,7 @@ impl CxrError {
                 ImageError::Empty => "empty",
                 ImageError::UnsupportedFormat { .. } => "unsupported_format",
                 ImageError::UnsupportedPixels { .. } => "unsupported_pixels",
+                ImageError::UnsupportedDicom { .. } => "unsupported_dicom",
                 ImageError::FileTooLarge { .. } => "file_too_large",
                 ImageError::Corrupt { .. } => "corrupt",
                 ImageError::TooLarge { .. } | ImageError::MemoryLimit => "too_large",

@@ -1,6 +1,7 @@
 //! Chest X-ray pleural-effusion classifier: one crate for the trainer (native) and the page (wasm).
 //!
 //! - [`preprocess`]: file bytes → normalised model input (the one path everything uses).
+//! - [`dicom`]: DICOM files (rescale, VOI window, MONOCHROME1) into that path.
 //! - [`model`]: the ResNet and its class activation map.
 //! - [`weights`]: the `.cxrw` weight file (model + description).
 //! - [`classifier`]: inference from bytes to a [`classifier::Prediction`].
@@ -12,6 +13,7 @@
 
 pub mod batch;
 pub mod classifier;
+pub mod dicom;
 pub mod embedded;
 pub mod error;
 pub mod model;

@@ -96,6 +96,9 @@ pub fn decode(bytes: &[u8]) -> Result<LumaImage, ImageError> {
         return Err(ImageError::Empty);
     }
     check_file_size(bytes.len() as u64)?;
+    if crate::dicom::is_dicom(bytes) {
+        return crate::dicom::decode_dicom(bytes);
+    }
     let reader = ImageReader::new(Cursor::new(bytes))
         .with_guessed_format()
         .map_err(|e| ImageError::Corrupt {
@@ -215,7 +218,7 @@ fn has_jpeg_end(bytes: &[u8]) -> bool {
     tail.windows(2).any(|w| w == [0xFF, 0xD9])
 }
 
-fn check_dimensions(width: u32, height: u32) -> Result<(), ImageError> {
+pub(crate) fn check_dimensions(width: u32, height: u32) -> Result<(), ImageError> {
     if width == 0 || height == 0 {
         return Err(ImageError::NoPixels);
     }
@@ -258,9 +261,6 @@ fn map_image_error(error: image::ImageError) -> ImageError {
 fn sniff(bytes: &[u8]) -> Option<String> {
     let head = &bytes[..bytes.len().min(1024)];
     let starts = |magic: &[u8]| head.starts_with(magic);
-    if bytes.len() > 132 && &bytes[128..132] == b"DICM" {
-        return Some("a DICOM file; export it as PNG from your DICOM viewer".into());
-    }
     if starts(b"%PDF") {
         return Some("a PDF document".into());
     }

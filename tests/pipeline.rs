@@ -67,7 +67,7 @@ fn the_embedded_gate_flags_non_xrays_and_passes_real_xrays() {
     let (mut caught, mut total, mut missed) = (0, 0, Vec::new());
     for entry in std::fs::read_dir(&dir).unwrap() {
         let path = entry.unwrap().path();
-        if path.extension().is_none_or(|e| e != "png") {
+        if path.extension().is_none_or(|e| e != "png" && e != "dcm") {
             continue;
         }
         let p = classifier.classify(&std::fs::read(&path).unwrap()).unwrap();

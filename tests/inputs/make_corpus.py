@@ -101,8 +101,8 @@ add("text.png", b"Patient notes: no acute findings.\nThis is a text file renamed
 add("document.png", b"%PDF-1.4\n1 0 obj\n<< /Type /Catalog >>\nendobj\ntrailer\n<< /Root 1 0 R >>\n%%EOF\n", "PDF renamed .png", "error", "unsupported_format")
 add("page.jpg", b"<!DOCTYPE html><html><body><img src=x.png></body></html>\n", "web page renamed .jpg", "error", "unsupported_format")
 add("drawing.svg", b'<svg xmlns="http://www.w3.org/2000/svg" width="10" height="10"><rect width="10" height="10"/></svg>\n', "SVG drawing", "error", "unsupported_format")
-dicom = bytearray(128) + b"DICM" + struct.pack("<HH4sHI", 2, 0, b"UL", 4, 0)  # preamble, magic, start of meta group
-add("scan.dcm", bytes(dicom) + bytes(256), "DICOM file", "error", "unsupported_format")
+broken_dicom = bytearray(128) + b"DICM" + struct.pack("<HH4sHI", 2, 0, b"UL", 4, 0)  # preamble, magic, start of meta group
+add("scan.dcm", bytes(broken_dicom) + bytes(256), "DICOM file cut off in its header", "error", "corrupt")
 add("archive.png", b"PK\x03\x04" + bytes(60), "ZIP archive renamed .png", "error", "unsupported_format")
 add("random.png", np.random.default_rng(7).integers(0, 256, 4096, dtype=np.uint8).tobytes(), "random bytes", "error", "unsupported_format")
 add("truncated.png", reference[: len(reference) // 2], "truncated PNG", "error", "corrupt")
@@ -131,6 +131,64 @@ nan[40:50, 40:50] = np.inf
 add("nan-inf.tiff", save(Image.fromarray(nan), "TIFF"), "float TIFF with NaN and infinity", "error", "non_finite")
 add("bad-header.bmp", b"BM" + bytes(50), "BMP with a broken header", "error", "corrupt")
 add("header-only.jpg", b"\xff\xd8\xff\xe0\x00\x10JFIF\x00\x01\x01\x00\x00\x01\x00\x01\x00\x00\xff\xd9", "JPEG with headers and no image", "error", "corrupt")
+
+# ---- DICOM: made here with pydicom (16-bit, MONOCHROME1 and 2, rescale, window, no extension), and
+# real files from pydicom's test data (MIT licence), which the pydicom wheel ships ----
+import pydicom
+from pydicom.data import get_testdata_file
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+
+
+def dicom(pixels, photometric="MONOCHROME2", slope=None, intercept=None, window=None, syntax=ExplicitVRLittleEndian, signed=False):
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    meta.MediaStorageSOPInstanceUID = "1.2.826.0.1.3680043.8.498.1"
+    meta.TransferSyntaxUID = syntax
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID = SecondaryCaptureImageStorage
+    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    ds.Modality = "CR"
+    ds.Rows, ds.Columns = pixels.shape
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = photometric
+    bits = pixels.dtype.itemsize * 8
+    ds.BitsAllocated = bits
+    ds.BitsStored = bits
+    ds.HighBit = bits - 1
+    ds.PixelRepresentation = 1 if signed else 0
+    if slope is not None:
+        ds.RescaleSlope = str(slope)
+        ds.RescaleIntercept = str(intercept)
+    if window is not None:
+        ds.WindowCenter, ds.WindowWidth = str(window[0]), str(window[1])
+    ds.PixelData = pixels.tobytes()
+    out = io.BytesIO()
+    ds.save_as(out, enforce_file_format=True, little_endian=True, implicit_vr=(syntax == ImplicitVRLittleEndian))
+    return out.getvalue()
+
+
+g16 = GREY.astype(np.uint16) * 257
+add("xray16.dcm", dicom(g16), "16-bit MONOCHROME2 DICOM", "classify", same_as="grey8.png")
+add("xray16-monochrome1.dcm", dicom((65535 - g16).astype(np.uint16), "MONOCHROME1"), "16-bit MONOCHROME1 DICOM (stored inverted)", "classify", same_as="grey8.png")
+# Stored values s with slope 4, intercept -1000: real values 4 s - 1000 (a linear map: same picture).
+add("xray-rescaled.dcm", dicom(GREY.astype(np.uint16) * 3, slope=4, intercept=-1000), "DICOM with rescale slope and intercept", "classify", same_as="grey8.png")
+add("xray-signed.dcm", dicom((GREY.astype(np.int16) - 128) * 100, signed=True), "signed 16-bit DICOM", "classify", same_as="grey8.png")
+add("xray-implicit.dcm", dicom(GREY.astype(np.uint8), syntax=ImplicitVRLittleEndian), "8-bit DICOM, implicit VR", "classify", same_as="grey8.png")
+add("xray-windowed.dcm", dicom(g16, window=(30000, 30000)), "DICOM with a VOI window (applied)", "classify")
+add("dicom-without-extension", dicom(g16), "DICOM with no extension (found by its DICM magic)", "classify", same_as="grey8.png")
+for name, kind, expect, code in [
+    ("CT_small.dcm", "real CT slice (pydicom test data), 16-bit signed with rescale", "classify", None),
+    ("MR_small_RLE.dcm", "real MR slice, RLE compressed (pydicom test data)", "classify", None),
+    ("JPEG-lossy.dcm", "real DICOM in 12-bit JPEG Extended, which the pure-Rust decoder lacks", "error", "unsupported_dicom"),
+    ("SC_rgb_jpeg_gdcm.dcm", "real RGB DICOM, baseline JPEG (pydicom test data)", "classify", None),
+    ("MR_small.dcm", "real MR slice, explicit VR little endian (pydicom test data)", "classify", None),
+    ("JPEG2000.dcm", "DICOM in JPEG 2000 (a syntax this build cannot decode)", "error", "unsupported_dicom"),
+    ("MR_small_jpeg_ls_lossless.dcm", "DICOM in JPEG-LS (a syntax this build cannot decode)", "error", "unsupported_dicom"),
+    ("MR_truncated.dcm", "truncated real DICOM (pydicom test data)", "error", "corrupt"),
+]:
+    add("pydicom-" + name, Path(get_testdata_file(name)).read_bytes(), kind, expect, code)
 
 (HERE / "manifest.json").write_text(json.dumps(entries, indent=1) + "\n")
 print(f"{len(entries)} files, {sum((HERE / e['file']).stat().st_size for e in entries) / 1e6:.2f} MB")

@@ -6,6 +6,7 @@ Two sources, all scaled to at most 256 px a side:
 - sample photos and scientific images bundled in the scikit-image wheel (skimage/data; each is
   CC0 or public domain according to scikit-image's documentation): pass the unpacked wheel's
   skimage/data folder as the first argument;
+- two DICOM slices from pydicom's test data (a CT and an MR; MIT licence), copied by hand;
 - drawings made here: a text document, a page screenshot, a chart, a form, noise, gradients.
 
 python3 -m venv /tmp/v && /tmp/v/bin/pip install pillow numpy && pip download --no-deps scikit-image

@@ -51,7 +51,7 @@ pub fn features_of_folder(model: &ResNet, dir: &Path, size: usize, device: &Devi
         .filter(|p| p.is_file())
         .filter(|p| {
             let ext = p.extension().and_then(|e| e.to_str()).unwrap_or("").to_ascii_lowercase();
-            ["png", "jpg", "jpeg", "bmp", "tif", "tiff", "webp", "gif"].contains(&ext.as_str())
+            ["png", "jpg", "jpeg", "bmp", "tif", "tiff", "webp", "gif", "dcm"].contains(&ext.as_str())
         })
         .collect();
     entries.sort();

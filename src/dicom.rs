@@ -1,0 +1,203 @@
+//! DICOM input (dicom-rs): the first frame's pixel values, in real-world units, ready for the
+//! shared min-max path.
+//!
+//! Applied, in DICOM's order: the Modality LUT (Rescale Slope/Intercept), then the first VOI
+//! window (Window Center/Width, linear function) when the file has one, then MONOCHROME1
+//! inversion (so that bone is bright, as in every other input). Colour DICOMs become grey with
+//! the same BT.601 weights as other images. Transfer syntaxes decoded here (pure Rust, so also in
+//! the browser): implicit/explicit VR little endian, deflated, RLE lossless and JPEG
+//! baseline/extended/lossless; others (JPEG 2000, JPEG-LS, …) get an error naming the syntax.
+
+use std::io::Cursor;
+
+use dicom_core::Tag;
+use dicom_dictionary_std::tags;
+use dicom_encoding::transfer_syntax::TransferSyntaxIndex;
+use dicom_object::{DefaultDicomObject, OpenFileOptions};
+use dicom_pixeldata::{ConvertOptions, ModalityLutOption, PixelDecoder, VoiLutOption};
+use dicom_transfer_syntax_registry::TransferSyntaxRegistry;
+
+use crate::error::ImageError;
+use crate::preprocess::{LumaImage, check_dimensions};
+
+/// Whether `bytes` are a DICOM file: the `DICM` magic after the 128-byte preamble (the file
+/// name and extension do not matter).
+pub fn is_dicom(bytes: &[u8]) -> bool {
+    bytes.len() >= 132 && &bytes[128..132] == b"DICM"
+}
+
+fn corrupt(e: impl std::fmt::Display) -> ImageError {
+    ImageError::Corrupt { reason: format!("DICOM: {e}") }
+}
+
+fn int(obj: &DefaultDicomObject, tag: Tag) -> Option<i64> {
+    obj.element_opt(tag).ok().flatten().and_then(|e| e.to_int::<i64>().ok())
+}
+
+/// Human name of a transfer syntax UID (the UID itself when unknown).
+fn syntax_name(uid: &str) -> String {
+    let uid = uid.trim_end_matches(['\0', ' ']);
+    match TransferSyntaxRegistry.get(uid) {
+        Some(ts) => format!("{} ({uid})", ts.name()),
+        None => format!("unknown transfer syntax {uid}"),
+    }
+}
+
+/// Decode a DICOM file (see the module documentation).
+pub fn decode_dicom(bytes: &[u8]) -> Result<LumaImage, ImageError> {
+    let obj = OpenFileOptions::new().from_reader(Cursor::new(&bytes[128..])).map_err(corrupt)?;
+    let uid = obj.meta().transfer_syntax().to_string();
+    let ts = TransferSyntaxRegistry.get(uid.trim_end_matches(['\0', ' ']));
+    if !ts.is_some_and(|ts| ts.can_decode_all()) {
+        return Err(ImageError::UnsupportedDicom { syntax: syntax_name(&uid) });
+    }
+    let compressed = ts.is_some_and(|ts| !ts.is_codec_free());
+    let rows = int(&obj, tags::ROWS).ok_or_else(|| corrupt("no Rows"))?;
+    let columns = int(&obj, tags::COLUMNS).ok_or_else(|| corrupt("no Columns"))?;
+    if obj.element_opt(tags::PIXEL_DATA).ok().flatten().is_none() {
+        return Err(corrupt("the file has no pixel data (is it an image?)"));
+    }
+    let (width, height) = (u32::try_from(columns).unwrap_or(0), u32::try_from(rows).unwrap_or(0));
+    check_dimensions(width, height)?;
+    let samples = int(&obj, tags::SAMPLES_PER_PIXEL).unwrap_or(1).max(1) as usize;
+    let bits = int(&obj, tags::BITS_ALLOCATED).unwrap_or(16).max(1) as u64;
+    // A frame's decoded size, checked before decoding (a header can claim anything).
+    let frame_bytes = u64::from(width) * u64::from(height) * samples as u64 * bits.div_ceil(8);
+    if frame_bytes > crate::preprocess::MAX_DECODE_BYTES {
+        return Err(ImageError::MemoryLimit);
+    }
+    // A compressed frame that the decoder refuses is most often a variant it lacks (12-bit JPEG,
+    // say) rather than damage: name the syntax.
+    let decoded = obj.decode_pixel_data_frame(0).map_err(|e| match e.to_string() {
+        m if compressed || m.contains("nsupported") => {
+            ImageError::UnsupportedDicom { syntax: format!("{}; the decoder said: {m}", syntax_name(&uid)) }
+        }
+        m => corrupt(m),
+    })?;
+    let options = ConvertOptions::new()
+        .with_modality_lut(ModalityLutOption::Default)
+        .with_voi_lut(VoiLutOption::Identity);
+    let values: Vec<f32> = decoded.to_vec_frame_with_options(0, &options).map_err(corrupt)?;
+    let count = width as usize * height as usize;
+    if values.len() < count * samples {
+        return Err(corrupt(format!("{} pixel values for {width}x{height}", values.len())));
+    }
+    let mut pixels: Vec<f32> = if samples >= 3 {
+        values.chunks_exact(samples).take(count).map(|p| 0.299 * p[0] + 0.587 * p[1] + 0.114 * p[2]).collect()
+    } else {
+        values.chunks_exact(samples).take(count).map(|p| p[0]).collect()
+    };
+    if let Some(window) = decoded.window().ok().flatten().and_then(|w| w.first()) {
+        if window.width >= 1.0 && window.center.is_finite() {
+            // DICOM's linear VOI function: the window's lowest and highest input values.
+            let low = (window.center - 0.5 - (window.width - 1.0) / 2.0) as f32;
+            let high = (window.center - 0.5 + (window.width - 1.0) / 2.0) as f32;
+            pixels.iter_mut().for_each(|p| *p = p.clamp(low, high));
+        }
+    }
+    let monochrome1 = decoded.photometric_interpretation().to_string().trim() == "MONOCHROME1";
+    if monochrome1 {
+        pixels.iter_mut().for_each(|p| *p = -*p);
+    }
+    Ok(LumaImage { width: width as usize, height: height as usize, pixels })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use dicom_core::{DataElement, PrimitiveValue, VR};
+    use dicom_object::{FileMetaTableBuilder, InMemDicomObject};
+
+    /// A DICOM file of `w x h` 16-bit samples written by dicom-object itself.
+    fn file(w: u16, h: u16, samples: &[u16], photometric: &str, extra: &[(Tag, VR, PrimitiveValue)], syntax: &str) -> Vec<u8> {
+        let mut obj = InMemDicomObject::new_empty();
+        let put = |obj: &mut InMemDicomObject, tag, vr, value: PrimitiveValue| obj.put(DataElement::new(tag, vr, value));
+        put(&mut obj, tags::SOP_CLASS_UID, VR::UI, "1.2.840.10008.5.1.4.1.1.7".into());
+        put(&mut obj, tags::SOP_INSTANCE_UID, VR::UI, "1.2.3.4".into());
+        put(&mut obj, tags::ROWS, VR::US, PrimitiveValue::from(h));
+        put(&mut obj, tags::COLUMNS, VR::US, PrimitiveValue::from(w));
+        put(&mut obj, tags::SAMPLES_PER_PIXEL, VR::US, PrimitiveValue::from(1u16));
+        put(&mut obj, tags::PHOTOMETRIC_INTERPRETATION, VR::CS, photometric.into());
+        put(&mut obj, tags::BITS_ALLOCATED, VR::US, PrimitiveValue::from(16u16));
+        put(&mut obj, tags::BITS_STORED, VR::US, PrimitiveValue::from(16u16));
+        put(&mut obj, tags::HIGH_BIT, VR::US, PrimitiveValue::from(15u16));
+        put(&mut obj, tags::PIXEL_REPRESENTATION, VR::US, PrimitiveValue::from(0u16));
+        for (tag, vr, value) in extra {
+            put(&mut obj, *tag, *vr, value.clone());
+        }
+        put(&mut obj, tags::PIXEL_DATA, VR::OW, PrimitiveValue::U16(samples.into()));
+        let meta = FileMetaTableBuilder::new()
+            .media_storage_sop_class_uid("1.2.840.10008.5.1.4.1.1.7")
+            .media_storage_sop_instance_uid("1.2.3.4")
+            .transfer_syntax(syntax);
+        let file = obj.with_meta(meta).unwrap();
+        let mut out = Vec::new();
+        file.write_all(&mut out).unwrap();
+        out
+    }
+
+    const EXPLICIT_LE: &str = "1.2.840.10008.1.2.1";
+
+    fn ramp() -> Vec<u16> {
+        (0..64u16).map(|i| i * 1000).collect()
+    }
+
+    #[test]
+    fn monochrome2_16_bit_is_read_at_full_precision() {
+        let bytes = file(8, 8, &ramp(), "MONOCHROME2", &[], EXPLICIT_LE);
+        assert!(is_dicom(&bytes));
+        let image = decode_dicom(&bytes).unwrap();
+        assert_eq!((image.width, image.height), (8, 8));
+        assert_eq!(image.pixels, ramp().iter().map(|&v| f32::from(v)).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn monochrome1_is_inverted_so_bone_stays_bright() {
+        let inverted: Vec<u16> = ramp().iter().map(|v| 63_000 - v).collect();
+        let a = decode_dicom(&file(8, 8, &ramp(), "MONOCHROME2", &[], EXPLICIT_LE)).unwrap();
+        let b = decode_dicom(&file(8, 8, &inverted, "MONOCHROME1", &[], EXPLICIT_LE)).unwrap();
+        let na = crate::preprocess::min_max_normalize(&a.pixels).unwrap();
+        let nb = crate::preprocess::min_max_normalize(&b.pixels).unwrap();
+        assert_eq!(na, nb);
+    }
+
+    #[test]
+    fn rescale_slope_and_intercept_are_applied() {
+        let extra = [
+            (tags::RESCALE_SLOPE, VR::DS, PrimitiveValue::from("2")),
+            (tags::RESCALE_INTERCEPT, VR::DS, PrimitiveValue::from("-1024")),
+        ];
+        let image = decode_dicom(&file(8, 8, &ramp(), "MONOCHROME2", &extra, EXPLICIT_LE)).unwrap();
+        assert_eq!(image.pixels[0], -1024.0);
+        assert_eq!(image.pixels[5], 2.0 * 5000.0 - 1024.0);
+    }
+
+    #[test]
+    fn the_voi_window_clips_to_its_range() {
+        let extra = [
+            (tags::WINDOW_CENTER, VR::DS, PrimitiveValue::from("30000.5")),
+            (tags::WINDOW_WIDTH, VR::DS, PrimitiveValue::from("20001")),
+        ];
+        let image = decode_dicom(&file(8, 8, &ramp(), "MONOCHROME2", &extra, EXPLICIT_LE)).unwrap();
+        let (lo, hi) = image.pixels.iter().fold((f32::MAX, f32::MIN), |(a, b), &p| (a.min(p), b.max(p)));
+        assert_eq!((lo, hi), (20_000.0, 40_000.0));
+        assert_eq!(image.pixels[30], 30_000.0);
+    }
+
+    #[test]
+    fn an_undecodable_transfer_syntax_is_named() {
+        // JPEG 2000: the header parses, the pixel data cannot be decoded in this build.
+        let bytes = file(8, 8, &ramp(), "MONOCHROME2", &[], "1.2.840.10008.1.2.4.90");
+        match decode_dicom(&bytes) {
+            Err(ImageError::UnsupportedDicom { syntax }) => assert!(syntax.contains("1.2.840.10008.1.2.4.90"), "{syntax}"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_claimed_huge_image_is_refused_before_decoding() {
+        let extra = [(tags::ROWS, VR::US, PrimitiveValue::from(60_000u16))];
+        let bytes = file(8, 8, &ramp(), "MONOCHROME2", &extra, EXPLICIT_LE);
+        assert!(matches!(decode_dicom(&bytes), Err(ImageError::TooLarge { .. })));
+    }
+}
