@@ -213,7 +213,7 @@ test('offline: after one visit the page reloads and classifies with the network 
   await context.close();
 });
 
-test('batch: 46 files at once give a sortable table and a CSV with one right row per file', async () => {
+test('batch: the whole corpus (61 files) at once gives a sortable table and a CSV with one right row per file', async () => {
   const inputs = path.join(root, 'tests/inputs');
   const manifest = JSON.parse(fs.readFileSync(path.join(inputs, 'manifest.json'), 'utf8'));
   const files = manifest.map((e) => path.join(inputs, e.file));
@@ -258,6 +258,27 @@ test('not-a-chest-X-ray: a cat photo gets the warning, a real X-ray does not', a
   assert.match(await page.textContent('[data-testid=ood-warning]'), /does not look like a frontal chest X-ray/);
   await classifyFile(page, REAL[0]);
   assert.equal(await page.isVisible('[data-testid=ood-warning]'), false);
+  assert.deepEqual(errors, []);
+  await page.close();
+});
+
+test('DICOM dropped on the page: MONOCHROME1 16-bit and a real CT file are classified as natively', async () => {
+  const files = ['xray16-monochrome1.dcm', 'dicom-without-extension', 'pydicom-CT_small.dcm'].map((f) => path.join(root, 'tests/inputs', f));
+  const native = nativePredictions(files);
+  const { page, errors } = await openPage();
+  for (const [i, file] of files.entries()) {
+    const before = await page.evaluate(() => Number(document.body.dataset.handled || 0));
+    const bytes = [...fs.readFileSync(file)];
+    await page.evaluate(({ bytes, name }) => {
+      const dt = new DataTransfer();
+      dt.items.add(new File([new Uint8Array(bytes)], name, { type: '' }));
+      document.getElementById('drop').dispatchEvent(new DragEvent('drop', { dataTransfer: dt, bubbles: true, cancelable: true }));
+    }, { bytes, name: path.basename(file) });
+    await page.waitForFunction((n) => Number(document.body.dataset.handled || 0) > n, before, { timeout: 120_000 });
+    const shown = await shownResult(page);
+    assert.equal(shown.error, '', file);
+    assert.ok(Math.abs(shown.probability - native[i].probability) < 1e-3, `${file}: page ${shown.probability}, native ${native[i].probability}`);
+  }
   assert.deepEqual(errors, []);
   await page.close();
 });
