@@ -17,13 +17,25 @@ use dicom_object::{DefaultDicomObject, OpenFileOptions};
 use dicom_pixeldata::{ConvertOptions, ModalityLutOption, PixelDecoder, VoiLutOption};
 use dicom_transfer_syntax_registry::TransferSyntaxRegistry;
 
+use crate::alloc_guard::with_allocation_limit;
 use crate::error::ImageError;
-use crate::preprocess::{LumaImage, check_dimensions};
+use crate::preprocess::{DecodeLimits, LumaImage, check_dimensions};
 
 /// Whether `bytes` are a DICOM file: the `DICM` magic after the 128-byte preamble (the file
 /// name and extension do not matter).
 pub fn is_dicom(bytes: &[u8]) -> bool {
     bytes.len() >= 132 && &bytes[128..132] == b"DICM"
+}
+
+/// Whether the file meta group names the deflated transfer syntax (looked up in the raw bytes,
+/// before parsing: the meta group is always explicit VR little endian).
+fn is_deflated(bytes: &[u8]) -> bool {
+    const DEFLATED: &[u8] = b"1.2.840.10008.1.2.1.99";
+    let head = &bytes[..bytes.len().min(4096)];
+    head.windows(6).position(|w| w == b"\x02\x00\x10\x00UI").is_some_and(|at| {
+        let value = &head[(at + 8).min(head.len())..];
+        value.starts_with(DEFLATED)
+    })
 }
 
 fn corrupt(e: impl std::fmt::Display) -> ImageError {
@@ -44,8 +56,12 @@ fn syntax_name(uid: &str) -> String {
 }
 
 /// Decode a DICOM file (see the module documentation).
-pub fn decode_dicom(bytes: &[u8]) -> Result<LumaImage, ImageError> {
-    let obj = OpenFileOptions::new().from_reader(Cursor::new(&bytes[128..])).map_err(corrupt)?;
+pub fn decode_dicom(bytes: &[u8], caps: &DecodeLimits) -> Result<LumaImage, ImageError> {
+    // No value of a file can be longer than the file (unless it is deflated): cap allocations
+    // while parsing, so a claimed 4 GB length is an error, not 4 GB of memory (see alloc_guard).
+    let cap = if is_deflated(bytes) { caps.max_alloc as usize } else { bytes.len() + (1 << 20) };
+    let obj = with_allocation_limit(cap, || OpenFileOptions::new().from_reader(Cursor::new(&bytes[128..])))
+        .map_err(corrupt)?;
     let uid = obj.meta().transfer_syntax().to_string();
     let ts = TransferSyntaxRegistry.get(uid.trim_end_matches(['\0', ' ']));
     if !ts.is_some_and(|ts| ts.can_decode_all()) {
@@ -58,17 +74,17 @@ pub fn decode_dicom(bytes: &[u8]) -> Result<LumaImage, ImageError> {
         return Err(corrupt("the file has no pixel data (is it an image?)"));
     }
     let (width, height) = (u32::try_from(columns).unwrap_or(0), u32::try_from(rows).unwrap_or(0));
-    check_dimensions(width, height)?;
+    check_dimensions(width, height, caps)?;
     let samples = int(&obj, tags::SAMPLES_PER_PIXEL).unwrap_or(1).max(1) as usize;
     let bits = int(&obj, tags::BITS_ALLOCATED).unwrap_or(16).max(1) as u64;
     // A frame's decoded size, checked before decoding (a header can claim anything).
     let frame_bytes = u64::from(width) * u64::from(height) * samples as u64 * bits.div_ceil(8);
-    if frame_bytes > crate::preprocess::MAX_DECODE_BYTES {
+    if frame_bytes > caps.max_alloc {
         return Err(ImageError::MemoryLimit);
     }
     // A compressed frame that the decoder refuses is most often a variant it lacks (12-bit JPEG,
     // say) rather than damage: name the syntax.
-    let decoded = obj.decode_pixel_data_frame(0).map_err(|e| match e.to_string() {
+    let decoded = with_allocation_limit(caps.max_alloc as usize, || obj.decode_pixel_data_frame(0)).map_err(|e| match e.to_string() {
         m if compressed || m.contains("nsupported") => {
             ImageError::UnsupportedDicom { syntax: format!("{}; the decoder said: {m}", syntax_name(&uid)) }
         }
@@ -142,11 +158,15 @@ mod tests {
         (0..64u16).map(|i| i * 1000).collect()
     }
 
+    fn decode_dicom_default(bytes: &[u8]) -> Result<LumaImage, ImageError> {
+        decode_dicom(bytes, &DecodeLimits::DEFAULT)
+    }
+
     #[test]
     fn monochrome2_16_bit_is_read_at_full_precision() {
         let bytes = file(8, 8, &ramp(), "MONOCHROME2", &[], EXPLICIT_LE);
         assert!(is_dicom(&bytes));
-        let image = decode_dicom(&bytes).unwrap();
+        let image = decode_dicom_default(&bytes).unwrap();
         assert_eq!((image.width, image.height), (8, 8));
         assert_eq!(image.pixels, ramp().iter().map(|&v| f32::from(v)).collect::<Vec<_>>());
     }
@@ -154,8 +174,8 @@ mod tests {
     #[test]
     fn monochrome1_is_inverted_so_bone_stays_bright() {
         let inverted: Vec<u16> = ramp().iter().map(|v| 63_000 - v).collect();
-        let a = decode_dicom(&file(8, 8, &ramp(), "MONOCHROME2", &[], EXPLICIT_LE)).unwrap();
-        let b = decode_dicom(&file(8, 8, &inverted, "MONOCHROME1", &[], EXPLICIT_LE)).unwrap();
+        let a = decode_dicom_default(&file(8, 8, &ramp(), "MONOCHROME2", &[], EXPLICIT_LE)).unwrap();
+        let b = decode_dicom_default(&file(8, 8, &inverted, "MONOCHROME1", &[], EXPLICIT_LE)).unwrap();
         let na = crate::preprocess::min_max_normalize(&a.pixels).unwrap();
         let nb = crate::preprocess::min_max_normalize(&b.pixels).unwrap();
         assert_eq!(na, nb);
@@ -167,7 +187,7 @@ mod tests {
             (tags::RESCALE_SLOPE, VR::DS, PrimitiveValue::from("2")),
             (tags::RESCALE_INTERCEPT, VR::DS, PrimitiveValue::from("-1024")),
         ];
-        let image = decode_dicom(&file(8, 8, &ramp(), "MONOCHROME2", &extra, EXPLICIT_LE)).unwrap();
+        let image = decode_dicom_default(&file(8, 8, &ramp(), "MONOCHROME2", &extra, EXPLICIT_LE)).unwrap();
         assert_eq!(image.pixels[0], -1024.0);
         assert_eq!(image.pixels[5], 2.0 * 5000.0 - 1024.0);
     }
@@ -178,7 +198,7 @@ mod tests {
             (tags::WINDOW_CENTER, VR::DS, PrimitiveValue::from("30000.5")),
             (tags::WINDOW_WIDTH, VR::DS, PrimitiveValue::from("20001")),
         ];
-        let image = decode_dicom(&file(8, 8, &ramp(), "MONOCHROME2", &extra, EXPLICIT_LE)).unwrap();
+        let image = decode_dicom_default(&file(8, 8, &ramp(), "MONOCHROME2", &extra, EXPLICIT_LE)).unwrap();
         let (lo, hi) = image.pixels.iter().fold((f32::MAX, f32::MIN), |(a, b), &p| (a.min(p), b.max(p)));
         assert_eq!((lo, hi), (20_000.0, 40_000.0));
         assert_eq!(image.pixels[30], 30_000.0);
@@ -188,16 +208,29 @@ mod tests {
     fn an_undecodable_transfer_syntax_is_named() {
         // JPEG 2000: the header parses, the pixel data cannot be decoded in this build.
         let bytes = file(8, 8, &ramp(), "MONOCHROME2", &[], "1.2.840.10008.1.2.4.90");
-        match decode_dicom(&bytes) {
+        match decode_dicom_default(&bytes) {
             Err(ImageError::UnsupportedDicom { syntax }) => assert!(syntax.contains("1.2.840.10008.1.2.4.90"), "{syntax}"),
             other => panic!("{other:?}"),
         }
     }
 
     #[test]
+    fn a_value_claiming_more_bytes_than_the_file_is_an_error_not_gigabytes() {
+        // Found by fuzzing (fuzz/regressions/decode_preprocess/dicom-huge-claimed-length): a
+        // small file with an element length near 4 GB.
+        let mut bytes = file(8, 8, &ramp(), "MONOCHROME2", &[], EXPLICIT_LE);
+        let at = bytes.windows(4).rposition(|w| w == [0xE0, 0x7F, 0x10, 0x00]).unwrap(); // pixel data tag
+        bytes[at + 8..at + 12].copy_from_slice(&0xFFFF_FFF0u32.to_le_bytes());
+        crate::alloc_guard::take_largest_allocation();
+        assert!(matches!(decode_dicom_default(&bytes), Err(ImageError::Corrupt { .. })));
+        let largest = crate::alloc_guard::take_largest_allocation();
+        assert!(largest < 16 << 20, "a {largest}-byte allocation for a {}-byte file", bytes.len());
+    }
+
+    #[test]
     fn a_claimed_huge_image_is_refused_before_decoding() {
         let extra = [(tags::ROWS, VR::US, PrimitiveValue::from(60_000u16))];
         let bytes = file(8, 8, &ramp(), "MONOCHROME2", &extra, EXPLICIT_LE);
-        assert!(matches!(decode_dicom(&bytes), Err(ImageError::TooLarge { .. })));
+        assert!(matches!(decode_dicom_default(&bytes), Err(ImageError::TooLarge { .. })));
     }
 }

@@ -11,6 +11,7 @@
 //! - [`embedded`]: the default model compiled into the crate.
 //! - `web` (wasm only): the wasm-bindgen surface of the page.
 
+pub mod alloc_guard;
 pub mod batch;
 pub mod classifier;
 pub mod dicom;
@@ -24,6 +25,11 @@ pub mod weights;
 
 #[cfg(target_family = "wasm")]
 pub mod web;
+
+/// Every binary that links this crate (trainer, tests, the wasm page) uses the guarded system
+/// allocator, so decoders can be held to a size cap where a file's numbers size their buffers.
+#[global_allocator]
+static ALLOCATOR: alloc_guard::GuardedAlloc = alloc_guard::GuardedAlloc;
 
 pub use classifier::{Classifier, Prediction};
 pub use error::{CxrError, ImageError, WeightsError};

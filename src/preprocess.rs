@@ -85,19 +85,39 @@ pub fn preview(image: &LumaImage, max_side: usize) -> Result<(usize, usize, Vec<
     Ok((w, h, rgba))
 }
 
+/// Size limits of decoding: checked from the header before any pixel is decoded, and imposed on
+/// the decoders' allocations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DecodeLimits {
+    pub max_side: u32,
+    pub max_pixels: u64,
+    pub max_alloc: u64,
+}
+
+impl DecodeLimits {
+    /// The limits of the product: [`MAX_SIDE`], [`MAX_PIXELS`], [`MAX_DECODE_BYTES`].
+    pub const DEFAULT: DecodeLimits = DecodeLimits { max_side: MAX_SIDE, max_pixels: MAX_PIXELS, max_alloc: MAX_DECODE_BYTES };
+}
+
 /// Decode any supported image file into f32 luminance.
 ///
 /// Refuses, before decoding the pixels, images over [`MAX_SIDE`] per side or [`MAX_PIXELS`] in
 /// total; decoders are also held to [`MAX_DECODE_BYTES`]. Animated formats give their first frame,
 /// multi-page TIFF its first page. Alpha is ignored (X-rays have none; a transparent area shows
-/// its stored grey value).
+/// its stored grey value). DICOM files go through [`crate::dicom`].
 pub fn decode(bytes: &[u8]) -> Result<LumaImage, ImageError> {
+    decode_with_limits(bytes, &DecodeLimits::DEFAULT)
+}
+
+/// [`decode`] with other size limits (the fuzzer uses small ones to run fast; the code path is
+/// the same).
+pub fn decode_with_limits(bytes: &[u8], caps: &DecodeLimits) -> Result<LumaImage, ImageError> {
     if bytes.is_empty() {
         return Err(ImageError::Empty);
     }
     check_file_size(bytes.len() as u64)?;
     if crate::dicom::is_dicom(bytes) {
-        return crate::dicom::decode_dicom(bytes);
+        return crate::dicom::decode_dicom(bytes, caps);
     }
     let reader = ImageReader::new(Cursor::new(bytes))
         .with_guessed_format()
@@ -119,7 +139,7 @@ pub fn decode(bytes: &[u8]) -> Result<LumaImage, ImageError> {
     // Width and height are checked against MAX_SIDE/MAX_PIXELS by `check_dimensions` from the
     // header; the allocation limit guards every decoder.
     let mut limits = Limits::default();
-    limits.max_alloc = Some(MAX_DECODE_BYTES);
+    limits.max_alloc = Some(caps.max_alloc);
     reader.limits(limits);
 
     let is_tiff = reader.format() == Some(ImageFormat::Tiff);
@@ -127,11 +147,11 @@ pub fn decode(bytes: &[u8]) -> Result<LumaImage, ImageError> {
         Ok(decoder) => decoder,
         // The image crate has no greyscale float or 32-bit integer layout: read those TIFFs
         // (scientific and some medical exports) with the tiff crate directly.
-        Err(image::ImageError::Unsupported(_)) if is_tiff => return decode_grey_tiff(bytes),
+        Err(image::ImageError::Unsupported(_)) if is_tiff => return decode_grey_tiff(bytes, caps),
         Err(e) => return Err(map_image_error(e)),
     };
     let (width, height) = decoder.dimensions();
-    check_dimensions(width, height)?;
+    check_dimensions(width, height, caps)?;
     let orientation = decoder.orientation().ok();
     let mut image = DynamicImage::from_decoder(decoder).map_err(map_image_error)?;
     if let Some(orientation) = orientation {
@@ -158,14 +178,14 @@ pub fn check_file_size(len: u64) -> Result<(), ImageError> {
 /// A greyscale TIFF with samples the image crate does not read (32-bit float or integer,
 /// 64-bit, signed): first page, first sample, as f32. WhiteIsZero files are inverted so that
 /// bone is bright, as in every other format.
-fn decode_grey_tiff(bytes: &[u8]) -> Result<LumaImage, ImageError> {
+fn decode_grey_tiff(bytes: &[u8], caps: &DecodeLimits) -> Result<LumaImage, ImageError> {
     use tiff::decoder::{Decoder, DecodingResult};
     use tiff::tags::Tag;
     use tiff::ColorType;
     let corrupt = |e: tiff::TiffError| ImageError::Corrupt { reason: e.to_string() };
     let mut decoder = Decoder::new(Cursor::new(bytes)).map_err(corrupt)?;
     let (width, height) = decoder.dimensions().map_err(corrupt)?;
-    check_dimensions(width, height)?;
+    check_dimensions(width, height, caps)?;
     let colour = decoder.colortype().map_err(corrupt)?;
     if !matches!(colour, ColorType::Gray(_)) {
         return Err(ImageError::UnsupportedPixels {
@@ -218,23 +238,22 @@ fn has_jpeg_end(bytes: &[u8]) -> bool {
     tail.windows(2).any(|w| w == [0xFF, 0xD9])
 }
 
-pub(crate) fn check_dimensions(width: u32, height: u32) -> Result<(), ImageError> {
+pub(crate) fn check_dimensions(width: u32, height: u32, caps: &DecodeLimits) -> Result<(), ImageError> {
     if width == 0 || height == 0 {
         return Err(ImageError::NoPixels);
     }
-    if width > MAX_SIDE || height > MAX_SIDE || u64::from(width) * u64::from(height) > MAX_PIXELS
-    {
-        return Err(too_large(width.into(), height.into()));
+    if width > caps.max_side || height > caps.max_side || u64::from(width) * u64::from(height) > caps.max_pixels {
+        return Err(too_large(width.into(), height.into(), caps));
     }
     Ok(())
 }
 
-fn too_large(width: u64, height: u64) -> ImageError {
+fn too_large(width: u64, height: u64, caps: &DecodeLimits) -> ImageError {
     ImageError::TooLarge {
         width,
         height,
-        max_side: MAX_SIDE,
-        max_megapixels: (MAX_PIXELS / 1_000_000) as u32,
+        max_side: caps.max_side,
+        max_megapixels: (caps.max_pixels / 1_000_000) as u32,
     }
 }
 
@@ -666,7 +685,7 @@ mod tests {
             ImageError::Empty,
             ImageError::UnsupportedFormat { detected: None },
             ImageError::Corrupt { reason: "x".into() },
-            too_large(20_000, 10),
+            too_large(20_000, 10, &DecodeLimits::DEFAULT),
             ImageError::MemoryLimit,
             ImageError::NoPixels,
             ImageError::Blank,

@@ -14,7 +14,13 @@ fn replay(target: &str, check: fn(&[u8])) -> usize {
         if path.extension().is_some_and(|e| e == "md") {
             continue;
         }
-        check(&std::fs::read(&path).unwrap());
+        let bytes = std::fs::read(&path).unwrap();
+        cxr::alloc_guard::take_largest_allocation();
+        check(&bytes);
+        // Each kept input once made a decoder allocate far more than the file; none may now
+        // (the fuzzed pipeline's own limit is 64 MiB).
+        let largest = cxr::alloc_guard::take_largest_allocation();
+        assert!(largest <= 64 << 20, "{}: a {largest}-byte allocation", path.display());
         count += 1;
     }
     count

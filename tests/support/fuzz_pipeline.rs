@@ -7,10 +7,14 @@ use std::sync::OnceLock;
 
 use burn::tensor::{Device, Tensor, TensorData};
 use cxr::model::{ResNet, ResNetConfig};
-use cxr::preprocess::{decode, preprocess_luma, preview};
+use cxr::preprocess::{DecodeLimits, decode_with_limits, preprocess_luma, preview};
 
 /// Model input side for the fuzzed pipeline (small, so each execution is quick).
 const SIZE: usize = 32;
+
+/// Smaller size limits than the product's (same code path), so that each execution stays fast:
+/// a header may claim up to 8192² pixels, which is legal but slow to decode millions of times.
+const LIMITS: DecodeLimits = DecodeLimits { max_side: 2048, max_pixels: 1 << 20, max_alloc: 64 << 20 };
 
 fn tiny_model() -> &'static (ResNet, Device) {
     static MODEL: OnceLock<(ResNet, Device)> = OnceLock::new();
@@ -24,7 +28,7 @@ fn tiny_model() -> &'static (ResNet, Device) {
 /// Raw bytes → decode → preview → min-max → resize → a tiny ResNet forward with CAM. Whatever
 /// the bytes, a typed error or finite outputs in range; a panic is a finding.
 pub fn image_pipeline(bytes: &[u8]) {
-    let Ok(image) = decode(bytes) else { return };
+    let Ok(image) = decode_with_limits(bytes, &LIMITS) else { return };
     assert_eq!(image.pixels.len(), image.width * image.height);
     let _ = preview(&image, 64);
     let Ok(input) = preprocess_luma(&image, SIZE) else { return };
