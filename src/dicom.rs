@@ -12,6 +12,7 @@ use std::io::Cursor;
 
 use dicom_core::Tag;
 use dicom_dictionary_std::tags;
+use dicom_dictionary_std::uids::RLE_LOSSLESS;
 use dicom_encoding::transfer_syntax::TransferSyntaxIndex;
 use dicom_object::{DefaultDicomObject, OpenFileOptions};
 use dicom_pixeldata::{ConvertOptions, ModalityLutOption, PixelDecoder, VoiLutOption};
@@ -36,6 +37,51 @@ fn is_deflated(bytes: &[u8]) -> bool {
         let value = &head[(at + 8).min(head.len())..];
         value.starts_with(DEFLATED)
     })
+}
+
+/// Whether an RLE Lossless frame (DICOM PS3.5 annex G) holds `segments` segments, each of which
+/// PackBits-decodes to at least `pixels` bytes.
+fn check_rle_frame(fragment: &[u8], segments: usize, pixels: usize) -> Result<(), String> {
+    let word = |i: usize| -> Option<usize> {
+        fragment.get(i * 4..i * 4 + 4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize)
+    };
+    let count = word(0).ok_or("RLE frame shorter than its header")?;
+    if count != segments || !(1..=15).contains(&count) || fragment.len() < 64 {
+        return Err(format!("RLE frame has {count} segments; {segments} expected"));
+    }
+    for i in 0..count {
+        let start = word(1 + i).ok_or("RLE header cut short")?;
+        let end = if i + 1 < count { word(2 + i).ok_or("RLE header cut short")? } else { fragment.len() };
+        let segment = fragment.get(start..end).ok_or("RLE segment offsets out of order or past the end")?;
+        if packbits_len(segment) < pixels {
+            return Err(format!("RLE segment {} decodes to fewer than {pixels} bytes", i + 1));
+        }
+    }
+    Ok(())
+}
+
+/// Decoded length of a PackBits run-length stream (stops at a truncated run).
+fn packbits_len(data: &[u8]) -> usize {
+    let (mut i, mut out) = (0, 0usize);
+    while i < data.len() {
+        let n = data[i] as i8;
+        i += 1;
+        if n >= 0 {
+            let literal = n as usize + 1;
+            if i + literal > data.len() {
+                break;
+            }
+            out += literal;
+            i += literal;
+        } else if n != -128 {
+            if i >= data.len() {
+                break;
+            }
+            out += 1 - n as isize as usize;
+            i += 1;
+        }
+    }
+    out
 }
 
 fn corrupt(e: impl std::fmt::Display) -> ImageError {
@@ -81,6 +127,17 @@ pub fn decode_dicom(bytes: &[u8], caps: &DecodeLimits) -> Result<LumaImage, Imag
     let frame_bytes = u64::from(width) * u64::from(height) * samples as u64 * bits.div_ceil(8);
     if frame_bytes > caps.max_alloc {
         return Err(ImageError::MemoryLimit);
+    }
+    if uid.trim_end_matches(['\0', ' ']) == RLE_LOSSLESS {
+        // dicom-rs 0.10's RLE decoder indexes past a short segment and panics (found by
+        // fuzzing): check the frame's segments before handing it over.
+        let fragment = obj
+            .element(tags::PIXEL_DATA)
+            .ok()
+            .and_then(|e| e.value().fragments().and_then(|f| f.first().cloned()))
+            .ok_or_else(|| corrupt("RLE pixel data has no fragment"))?;
+        let segments = samples * bits.div_ceil(8) as usize;
+        check_rle_frame(&fragment, segments, width as usize * height as usize).map_err(corrupt)?;
     }
     // A compressed frame that the decoder refuses is most often a variant it lacks (12-bit JPEG,
     // say) rather than damage: name the syntax.
