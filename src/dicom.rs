@@ -11,6 +11,7 @@
 use std::io::Cursor;
 
 use dicom_core::Tag;
+use dicom_core::dictionary::DataDictionary;
 use dicom_dictionary_std::tags;
 use dicom_dictionary_std::uids::RLE_LOSSLESS;
 use dicom_encoding::transfer_syntax::TransferSyntaxIndex;
@@ -28,15 +29,77 @@ pub fn is_dicom(bytes: &[u8]) -> bool {
     bytes.len() >= 132 && &bytes[128..132] == b"DICM"
 }
 
-/// Whether the file meta group names the deflated transfer syntax (looked up in the raw bytes,
-/// before parsing: the meta group is always explicit VR little endian).
-fn is_deflated(bytes: &[u8]) -> bool {
-    const DEFLATED: &[u8] = b"1.2.840.10008.1.2.1.99";
-    let head = &bytes[..bytes.len().min(4096)];
-    head.windows(6).position(|w| w == b"\x02\x00\x10\x00UI").is_some_and(|at| {
-        let value = &head[(at + 8).min(head.len())..];
-        value.starts_with(DEFLATED)
-    })
+/// Walk every element header of the file (meta group, then the data set in its transfer
+/// syntax, into sequences and items) and check that no defined length runs past the end of the
+/// file. A deflated data set cannot be walked without inflating it and is left to dicom-rs.
+fn check_lengths(bytes: &[u8]) -> Result<(), String> {
+    const IMPLICIT_LE: &str = "1.2.840.10008.1.2";
+    const EXPLICIT_BE: &str = "1.2.840.10008.1.2.2";
+    const DEFLATED: &str = "1.2.840.10008.1.2.1.99";
+    let data = &bytes[132..];
+    let (mut pos, mut syntax, mut in_meta, mut fragments) = (0usize, String::new(), true, false);
+    while pos + 8 <= data.len() {
+        let u16_at = |p: usize, be: bool| if be { u16::from_be_bytes([data[p], data[p + 1]]) } else { u16::from_le_bytes([data[p], data[p + 1]]) };
+        let u32_at = |p: usize, be: bool| {
+            let b = [data[p], data[p + 1], data[p + 2], data[p + 3]];
+            if be { u32::from_be_bytes(b) } else { u32::from_le_bytes(b) }
+        };
+        if in_meta && u16_at(pos, false) != 0x0002 {
+            in_meta = false;
+            if syntax == DEFLATED {
+                return Ok(());
+            }
+        }
+        let big = !in_meta && syntax == EXPLICIT_BE;
+        let implicit = !in_meta && syntax == IMPLICIT_LE;
+        let (group, element) = (u16_at(pos, big), u16_at(pos + 2, big));
+        let tag = Tag(group, element);
+        if group == 0xFFFE {
+            // Item, item delimiter, sequence delimiter: tag + 4-byte length, no VR.
+            let len = u32_at(pos + 4, big);
+            pos += 8;
+            if element == 0xE0DD {
+                fragments = false;
+            } else if fragments && element == 0xE000 {
+                pos = pos.checked_add(len as usize).filter(|&end| end <= data.len()).ok_or("a pixel data fragment runs past the end of the file")?;
+            }
+            continue; // items of sequences: walk into them
+        }
+        let (vr, len, header) = if implicit {
+            let vr = dicom_dictionary_std::StandardDataDictionary
+                .by_tag(tag)
+                .map(|e| e.vr.relaxed())
+                .unwrap_or(dicom_core::VR::UN);
+            (vr, u32_at(pos + 4, big), 8)
+        } else {
+            let vr = dicom_core::VR::from_binary([data[pos + 4], data[pos + 5]]).unwrap_or(dicom_core::VR::UN);
+            use dicom_core::VR::*;
+            if matches!(vr, OB | OD | OF | OL | OV | OW | SQ | UC | UR | UT | UN | SV | UV) {
+                if pos + 12 > data.len() {
+                    return Err("an element header is cut off".into());
+                }
+                (vr, u32_at(pos + 8, big), 12)
+            } else {
+                (vr, u32::from(u16_at(pos + 6, big)), 8)
+            }
+        };
+        pos += header;
+        if len == u32::MAX {
+            // Undefined length: a sequence, or encapsulated pixel data whose items are fragments.
+            fragments = tag == tags::PIXEL_DATA;
+            continue;
+        }
+        if vr == dicom_core::VR::SQ {
+            continue; // defined-length sequence: walk into its items
+        }
+        let end = pos.checked_add(len as usize).filter(|&end| end <= data.len());
+        let end = end.ok_or_else(|| format!("element ({group:04X},{element:04X}) claims {len} bytes; the file has {} left", data.len() - pos.min(data.len())))?;
+        if tag == tags::TRANSFER_SYNTAX_UID {
+            syntax = String::from_utf8_lossy(&data[pos..end]).trim_end_matches(['\0', ' ']).to_string();
+        }
+        pos = end;
+    }
+    Ok(())
 }
 
 /// Whether an RLE Lossless frame (DICOM PS3.5 annex G) holds `segments` segments, each of which
@@ -103,10 +166,12 @@ fn syntax_name(uid: &str) -> String {
 
 /// Decode a DICOM file (see the module documentation).
 pub fn decode_dicom(bytes: &[u8], caps: &DecodeLimits) -> Result<LumaImage, ImageError> {
-    // No value of a file can be longer than the file (unless it is deflated): cap allocations
-    // while parsing, so a claimed 4 GB length is an error, not 4 GB of memory (see alloc_guard).
-    let cap = if is_deflated(bytes) { caps.max_alloc as usize } else { bytes.len() + (1 << 20) };
-    let obj = with_allocation_limit(cap, || OpenFileOptions::new().from_reader(Cursor::new(&bytes[128..])))
+    // dicom-rs sizes its buffers from each element's declared length before reading it (zero-
+    // filled, some infallibly): a small file claiming gigabytes would take gigabytes, or abort.
+    // So every declared length is checked against the bytes left first (found by fuzzing), and
+    // allocations are capped while parsing as a second line (see alloc_guard).
+    check_lengths(bytes).map_err(corrupt)?;
+    let obj = with_allocation_limit(caps.max_alloc as usize, || OpenFileOptions::new().from_reader(Cursor::new(&bytes[128..])))
         .map_err(corrupt)?;
     let uid = obj.meta().transfer_syntax().to_string();
     let ts = TransferSyntaxRegistry.get(uid.trim_end_matches(['\0', ' ']));
