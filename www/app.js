@@ -166,6 +166,13 @@ function csv(rows) {
 }
 const batch = createBatch({ classify, csv, showSingle: (file, name) => handle(file, name) });
 
+// Memory figures for tests and the curious: the wasm instance's size, and the page's JS heap.
+window.cxrMemory = () => new Promise((resolve) => {
+  const id = nextId++;
+  pending.set(id, (msg) => resolve({ wasmBytes: msg.wasmBytes, jsHeapBytes: performance.memory ? performance.memory.usedJSHeapSize : null }));
+  worker.postMessage({ type: 'stats', id });
+});
+
 // One file: the single view; several (or a folder): the batch table.
 function handleMany(items) {
   if (items.length === 1) handle(items[0].file, items[0].name);

@@ -24,8 +24,10 @@ async function selfTest(info) {
   return { ok: diff <= TOLERANCE, diff, logits: result.logits, expected: info.reference.logits };
 }
 
+let wasmExports = null;
+
 async function start(requested) {
-  await wasmInit();
+  wasmExports = await wasmInit();
   let { backend, note } = await chooseBackend(requested);
   let info;
   try {
@@ -57,6 +59,9 @@ self.onmessage = async (event) => {
       await ready;
       const result = await cxr.classify(new Uint8Array(msg.bytes));
       self.postMessage({ type: 'result', id: msg.id, result }, [result.cam.buffer, result.heatmap.buffer, result.preview.buffer]);
+    } else if (msg.type === 'stats') {
+      // Memory of the model's wasm instance (for the bounded-memory check of batch mode).
+      self.postMessage({ type: 'stats', id: msg.id, wasmBytes: wasmExports ? wasmExports.memory.buffer.byteLength : 0 });
     } else if (msg.type === 'csv') {
       await ready;
       self.postMessage({ type: 'csv', id: msg.id, csv: cxr.batch_csv(msg.rows) });

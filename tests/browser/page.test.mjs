@@ -282,3 +282,30 @@ test('DICOM dropped on the page: MONOCHROME1 16-bit and a real CT file are class
   assert.deepEqual(errors, []);
   await page.close();
 });
+
+test('batch memory stays bounded: 500 files, wasm memory and JS heap flat after the first 100', async () => {
+  const dir = fs.mkdtempSync('/tmp/cxr-batch500-');
+  const sources = ['grey8.png', 'rgb.png', 'grey.jpg', 'xray16.dcm', 'truncated.png'].map((f) => fs.readFileSync(path.join(root, 'tests/inputs', f)));
+  const exts = ['png', 'png', 'jpg', 'dcm', 'png'];
+  const files = [];
+  for (let i = 0; i < 500; i++) {
+    const file = path.join(dir, `f${String(i).padStart(3, '0')}.${exts[i % 5]}`);
+    fs.writeFileSync(file, sources[i % 5]);
+    files.push(file);
+  }
+  const { page, errors } = await openPage();
+  const run = async (list) => {
+    await page.setInputFiles('input#file', list);
+    await page.waitForFunction((n) => document.body.dataset.batch === 'done' && document.querySelectorAll('#batch-table tbody tr').length === n, list.length, { timeout: 600_000 });
+    await page.evaluate(() => { if (window.gc) window.gc(); });
+    return page.evaluate(() => window.cxrMemory());
+  };
+  const after100 = await run(files.slice(0, 100));
+  const after500 = await run(files);
+  console.log(`# memory after 100 files: wasm ${after100.wasmBytes} B, JS heap ${after100.jsHeapBytes} B; after 500: wasm ${after500.wasmBytes} B, JS heap ${after500.jsHeapBytes} B`);
+  assert.ok(after500.wasmBytes <= after100.wasmBytes * 1.1, `wasm memory grew from ${after100.wasmBytes} to ${after500.wasmBytes}`);
+  assert.ok(after500.jsHeapBytes - after100.jsHeapBytes < 40e6, `JS heap grew by ${after500.jsHeapBytes - after100.jsHeapBytes} bytes`);
+  assert.equal(await page.locator('#batch-table tbody tr.failed').count(), 100);
+  assert.deepEqual(errors, []);
+  await page.close();
+});
