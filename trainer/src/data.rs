@@ -20,7 +20,7 @@ pub const NEGATIVE_DIR: &str = "nofinding";
 pub const NIH_CSV: &str = "Data_Entry_2017.csv";
 
 const IMAGE_EXTENSIONS: &[&str] = &[
-    "png", "jpg", "jpeg", "bmp", "tif", "tiff", "webp", "gif",
+    "png", "jpg", "jpeg", "bmp", "tif", "tiff", "webp", "gif", "dcm", "dicom",
 ];
 
 #[derive(Debug, Error)]
@@ -144,6 +144,13 @@ fn list_images(dir: &Path) -> Result<Vec<String>, DataError> {
 
 /// Read only the header: cheap, and enough to catch empty, truncated-at-start and non-image files.
 fn check_header(path: &Path) -> Result<(), String> {
+    use std::io::Read;
+    // DICOM: the magic after the preamble is enough here; its header is read at decode time.
+    let mut head = [0u8; 132];
+    let n = fs::File::open(path).and_then(|mut f| f.read(&mut head)).map_err(|e| e.to_string())?;
+    if cxr::dicom::is_dicom(&head[..n]) {
+        return Ok(());
+    }
     let reader = image::ImageReader::open(path)
         .map_err(|e| e.to_string())?
         .with_guessed_format()
@@ -291,6 +298,21 @@ mod tests {
             .map(|i| Item { file: format!("effusion/{i}.png"), label: 1, patient: None })
             .chain((0..neg).map(|i| Item { file: format!("nofinding/{i}.png"), label: 0, patient: None }))
             .collect()
+    }
+
+    #[test]
+    fn dicom_files_are_found_in_class_folders() {
+        let dir = std::env::temp_dir().join(format!("cxr-data-dicom-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        let dicom = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/inputs/xray16.dcm");
+        for class in [POSITIVE_DIR, NEGATIVE_DIR] {
+            fs::create_dir_all(dir.join(class)).unwrap();
+            fs::copy(&dicom, dir.join(class).join("a.dcm")).unwrap();
+            fs::copy(&dicom, dir.join(class).join("b.dicom")).unwrap();
+        }
+        let data = discover(&dir).unwrap();
+        assert_eq!((data.count(1), data.count(0)), (2, 2), "skipped: {:?}", data.skipped);
+        let _ = fs::remove_dir_all(&dir);
     }
 
     #[test]
