@@ -186,8 +186,19 @@ pub fn decode_dicom(bytes: &[u8], caps: &DecodeLimits) -> Result<LumaImage, Imag
     }
     let (width, height) = (u32::try_from(columns).unwrap_or(0), u32::try_from(rows).unwrap_or(0));
     check_dimensions(width, height, caps)?;
-    let samples = int(&obj, tags::SAMPLES_PER_PIXEL).unwrap_or(1).max(1) as usize;
-    let bits = int(&obj, tags::BITS_ALLOCATED).unwrap_or(16).max(1) as u64;
+    let samples = int(&obj, tags::SAMPLES_PER_PIXEL).unwrap_or(1);
+    let bits_allocated = int(&obj, tags::BITS_ALLOCATED).unwrap_or(16);
+    let bits_stored = int(&obj, tags::BITS_STORED).unwrap_or(bits_allocated);
+    // dicom-pixeldata asserts on some of these (a panic, found by fuzzing): check them first.
+    if ![1, 3].contains(&samples) {
+        return Err(corrupt(format!("{samples} samples per pixel (1 or 3 expected)")));
+    }
+    if ![8, 16, 32].contains(&bits_allocated) || !(1..=bits_allocated).contains(&bits_stored) {
+        return Err(ImageError::UnsupportedDicom {
+            syntax: format!("{} with {bits_stored} of {bits_allocated} bits per sample", syntax_name(&uid)),
+        });
+    }
+    let (samples, bits) = (samples as usize, bits_allocated as u64);
     // A frame's decoded size, checked before decoding (a header can claim anything).
     let frame_bytes = u64::from(width) * u64::from(height) * samples as u64 * bits.div_ceil(8);
     if frame_bytes > caps.max_alloc {
