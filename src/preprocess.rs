@@ -153,7 +153,13 @@ pub fn decode_with_limits(bytes: &[u8], caps: &DecodeLimits) -> Result<LumaImage
     let (width, height) = decoder.dimensions();
     check_dimensions(width, height, caps)?;
     let orientation = decoder.orientation().ok();
-    let mut image = DynamicImage::from_decoder(decoder).map_err(map_image_error)?;
+    // zune-jpeg 0.5.15 panics on some malformed progressive JPEGs (found by fuzzing, see
+    // fuzz/README.md, open). Natively the panic is caught and reported as a damaged file; in the
+    // browser (panic = abort) the page restarts its model worker instead.
+    let decoded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| DynamicImage::from_decoder(decoder)));
+    let mut image = decoded
+        .map_err(|_| ImageError::Corrupt { reason: "the decoder failed on malformed data".into() })?
+        .map_err(map_image_error)?;
     if let Some(orientation) = orientation {
         image.apply_orientation(orientation);
     }
