@@ -22,8 +22,9 @@ pub fn run(run: &Path, out: &Path, sample: &Path, negatives: &Path, command: Opt
         info.card["training"]["command"] = command.into();
     }
     info.card["parameters"] = model.num_params().into();
-    revalidate(run, &model, &mut info)?;
-    fit_ood_gate(run, &model, &mut info, negatives)?;
+    let (opts, split) = read_run(run)?;
+    revalidate(&opts, &split, &model, &mut info)?;
+    fit_ood_gate(&opts, &split, &model, &mut info, negatives)?;
     let classifier = Classifier::new(model.clone(), info.clone(), device.clone());
     let sample_bytes = std::fs::read(sample).map_err(|e| format!("sample {}: {e}", sample.display()))?;
     let prediction = classifier.classify(&sample_bytes).map_err(|e| format!("sample {}: {e}", sample.display()))?;
@@ -47,12 +48,17 @@ pub fn run(run: &Path, out: &Path, sample: &Path, negatives: &Path, command: Opt
 
 /// Choose the threshold and the card's validation figures with the exported (f16) weights on the
 /// run's validation split, so that `evaluate` on the shipped model reproduces them.
-fn revalidate(run: &Path, model: &cxr::ResNet, info: &mut ModelInfo) -> Result<(), String> {
+/// The run's training options and split, as `train` saved them.
+fn read_run(run: &Path) -> Result<(TrainOptions, Split), String> {
     let read = |name: &str| -> Result<String, String> {
         std::fs::read_to_string(run.join(name)).map_err(|e| format!("{}: {e}", run.join(name).display()))
     };
     let opts: TrainOptions = serde_json::from_str(&read("options.json")?).map_err(|e| e.to_string())?;
     let split: Split = serde_json::from_str(&read("split.json")?).map_err(|e| e.to_string())?;
+    Ok((opts, split))
+}
+
+fn revalidate(opts: &TrainOptions, split: &Split, model: &cxr::ResNet, info: &mut ModelInfo) -> Result<(), String> {
     if !opts.data.is_dir() {
         eprintln!("warning: {} is not here; the card keeps the training-time validation figures", opts.data.display());
         return Ok(());
@@ -79,12 +85,7 @@ fn revalidate(run: &Path, model: &cxr::ResNet, info: &mut ModelInfo) -> Result<(
 
 /// Fit the not-a-chest-X-ray gate on the training split's features and choose its shrinkage
 /// by measurement on the validation X-rays and the images in `negatives` (see [`crate::ood`]).
-fn fit_ood_gate(run: &Path, model: &cxr::ResNet, info: &mut ModelInfo, negatives: &Path) -> Result<(), String> {
-    let read = |name: &str| -> Result<String, String> {
-        std::fs::read_to_string(run.join(name)).map_err(|e| format!("{}: {e}", run.join(name).display()))
-    };
-    let opts: TrainOptions = serde_json::from_str(&read("options.json")?).map_err(|e| e.to_string())?;
-    let split: Split = serde_json::from_str(&read("split.json")?).map_err(|e| e.to_string())?;
+fn fit_ood_gate(opts: &TrainOptions, split: &Split, model: &cxr::ResNet, info: &mut ModelInfo, negatives: &Path) -> Result<(), String> {
     if !opts.data.is_dir() {
         return Err(format!("{} is not here: the not-a-chest-X-ray gate is fitted on the training images", opts.data.display()));
     }
