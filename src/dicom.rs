@@ -124,6 +124,33 @@ fn check_rle_frame(fragment: &[u8], segments: usize, pixels: usize) -> Result<()
 }
 
 /// Decoded length of a PackBits run-length stream (stops at a truncated run).
+/// Whether every JPEG frame header (SOF0–SOF15 but DHT, JPG and DAC) in encapsulated pixel data
+/// describes at most `frame_bytes` of decoded samples (2 bytes a sample above 8 bits, as the
+/// decoder gives them). A marker byte pair cannot occur inside entropy-coded data, so scanning
+/// for it finds every frame header the decoder could read.
+fn check_jpeg_frames(fragments: &[Vec<u8>], frame_bytes: u64) -> Result<(), String> {
+    for fragment in fragments.iter().filter(|f| f.starts_with(&[0xFF, 0xD8])) {
+        for i in 0..fragment.len().saturating_sub(9) {
+            let marker = fragment[i + 1];
+            if fragment[i] != 0xFF || !(0xC0..=0xCF).contains(&marker) || [0xC4, 0xC8, 0xCC].contains(&marker) {
+                continue;
+            }
+            let h = &fragment[i + 2..i + 10];
+            let precision = u64::from(h[2]);
+            let height = u64::from(u16::from_be_bytes([h[3], h[4]]));
+            let width = u64::from(u16::from_be_bytes([h[5], h[6]]));
+            let components = u64::from(h[7]);
+            let size = width * height * components * if precision > 8 { 2 } else { 1 };
+            if size > frame_bytes {
+                return Err(format!(
+                    "the embedded JPEG ({width}x{height}, {components} component(s), {precision} bits) is larger than the image the DICOM header describes"
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
 fn packbits_len(data: &[u8]) -> usize {
     let (mut i, mut out) = (0, 0usize);
     while i < data.len() {
@@ -214,6 +241,16 @@ pub fn decode_dicom(bytes: &[u8], caps: &DecodeLimits) -> Result<LumaImage, Imag
             .ok_or_else(|| corrupt("RLE pixel data has no fragment"))?;
         let segments = samples * bits.div_ceil(8) as usize;
         check_rle_frame(&fragment, segments, width as usize * height as usize).map_err(corrupt)?;
+    }
+    if compressed {
+        // dicom-rs 0.10's JPEG adapter copies whatever the embedded JPEG decodes to into a buffer
+        // sized from Rows x Columns, and panics when the JPEG is larger (found by fuzzing).
+        let fragments = obj
+            .element(tags::PIXEL_DATA)
+            .ok()
+            .and_then(|e| e.value().fragments().map(|f| f.to_vec()))
+            .unwrap_or_default();
+        check_jpeg_frames(&fragments, frame_bytes).map_err(corrupt)?;
     }
     // A compressed frame that the decoder refuses is most often a variant it lacks (12-bit JPEG,
     // say) rather than damage: name the syntax.

@@ -153,9 +153,9 @@ pub fn decode_with_limits(bytes: &[u8], caps: &DecodeLimits) -> Result<LumaImage
     let (width, height) = decoder.dimensions();
     check_dimensions(width, height, caps)?;
     let orientation = decoder.orientation().ok();
-    // zune-jpeg 0.5.15 panics on some malformed progressive JPEGs (found by fuzzing, see
-    // fuzz/README.md, open). Natively the panic is caught and reported as a damaged file; in the
-    // browser (panic = abort) the page restarts its model worker instead.
+    // A last line only: a decoder panic (fuzzing found one in zune-jpeg, fixed in vendor/) is
+    // reported natively as a damaged file; in the browser (panic = abort) the page restarts its
+    // model worker instead. The fuzz regressions count a caught panic as a failure.
     let decoded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| DynamicImage::from_decoder(decoder)));
     let mut image = decoded
         .map_err(|_| ImageError::Corrupt { reason: "the decoder failed on malformed data".into() })?

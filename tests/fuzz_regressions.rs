@@ -4,9 +4,30 @@
 #[path = "support/fuzz_pipeline.rs"]
 mod pipeline;
 
+use std::cell::Cell;
 use std::path::Path;
+use std::sync::Once;
+
+thread_local! {
+    static PANICS: Cell<usize> = const { Cell::new(0) };
+}
+
+/// Counts every panic on this thread, including one the product catches (the native decode runs
+/// in `catch_unwind` as a last line): under the fuzzer a caught panic is still a finding, so it
+/// must be one here too.
+fn count_panics() {
+    static HOOK: Once = Once::new();
+    HOOK.call_once(|| {
+        let default = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            PANICS.with(|p| p.set(p.get() + 1));
+            default(info);
+        }));
+    });
+}
 
 fn replay(target: &str, check: fn(&[u8])) -> usize {
+    count_panics();
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/regressions").join(target);
     let mut count = 0;
     for entry in std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {
@@ -16,7 +37,9 @@ fn replay(target: &str, check: fn(&[u8])) -> usize {
         }
         let bytes = std::fs::read(&path).unwrap();
         cxr::alloc_guard::take_largest_allocation();
+        let panics_before = PANICS.with(Cell::get);
         check(&bytes);
+        assert_eq!(PANICS.with(Cell::get), panics_before, "{}: panicked (even if caught)", path.display());
         // Each kept input once made a decoder allocate far more than the file; none may now
         // (the fuzzed pipeline's own limit is 64 MiB).
         let largest = cxr::alloc_guard::take_largest_allocation();
