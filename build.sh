@@ -4,6 +4,7 @@
 #   ./build.sh               build dist/: the wasm crate in release + the static site
 #   ./build.sh serve [PORT]  build, then serve dist/ on http://127.0.0.1:PORT/ (default 8080)
 #   ./build.sh test          every test: native cargo tests, the wasm build, browser tests
+#   ./build.sh bench         build, then compare with PyTorch, onnxruntime(-web): bench/RESULTS.md
 #
 # Installs what it needs on a fresh machine: the wasm32 Rust target, wasm-bindgen-cli at the
 # version in Cargo.lock, npm packages (binaryen's wasm-opt, playwright-core) and, for the browser
@@ -151,5 +152,6 @@ case "${1:-build}" in
   build) build ;;
   serve) shift; serve "$@" ;;
   test) run_tests ;;
-  *) echo "usage: $0 [build | serve [PORT] | test]" >&2; exit 2 ;;
+  bench) build; ensure_chromium; bench/run.sh ;;
+  *) echo "usage: $0 [build | serve [PORT] | test | bench]" >&2; exit 2 ;;
 esac

@@ -7,7 +7,8 @@ use burn::nn::pool::{MaxPool2d, MaxPool2dConfig};
 use burn::nn::{BatchNorm, BatchNormConfig, Linear, LinearConfig, PaddingConfig2d};
 use burn::tensor::module::interpolate;
 use burn::tensor::ops::{InterpolateMode, InterpolateOptions};
-use burn::tensor::{Device, Tensor, activation::relu, s};
+use burn::tensor::ops::PadMode;
+use burn::tensor::{Device, Slice, Tensor, activation::relu, s};
 use serde::{Deserialize, Serialize};
 
 /// Index of the "no finding" logit.
@@ -143,6 +144,61 @@ fn conv(cin: usize, cout: usize, k: usize, stride: usize, pad: usize, device: &D
         .init(device)
 }
 
+/// How the model's 3x3 and 7x7 convolutions are computed; both give the same numbers up to
+/// rounding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConvKernel {
+    /// burn's `conv2d`. On the CPU backend, with the few channels of the quarter-width model,
+    /// profiling showed it spends most of its time rearranging data (NHWC copies, a generic 3D
+    /// im2col; a direct loop for the one-channel stem), not multiplying.
+    Burn,
+    /// im2col by hand: the k² strided views of the padded input stacked as rows, then one
+    /// matrix product with the filters.
+    Columns,
+}
+
+impl ConvKernel {
+    /// The faster one measured on each backend (`./build.sh bench`, bench/RESULTS.md): columns
+    /// for native inference on the CPU backend (1.7x faster); burn's convolution in wasm (there
+    /// its direct loops beat the columns' copies once optimised for speed), when training (the
+    /// backward pass through the many strided copies made a step up to 1.4x slower) and on GPUs
+    /// (their kernels are tuned for it).
+    pub fn for_device(device: &Device) -> Self {
+        if cfg!(not(target_family = "wasm")) && *device == Device::flex() { Self::Columns } else { Self::Burn }
+    }
+}
+
+/// `conv` (square kernel, no bias, padding k/2, as every convolution here) computed with
+/// `kernel`; 1x1 convolutions always go to burn, which multiplies them directly.
+fn conv_with(conv: &Conv2d, x: Tensor<4>, kernel: ConvKernel) -> Tensor<4> {
+    let [_, _, k, _] = conv.weight.dims();
+    match kernel {
+        ConvKernel::Columns if k > 1 && conv.bias.is_none() => conv_columns(x, conv.weight.val(), conv.stride[0], k / 2),
+        _ => conv.forward(x),
+    }
+}
+
+/// A square convolution without bias as im2col + one matmul: `x` `[b, cin, h, w]`, `weight`
+/// `[cout, cin, k, k]` → `[b, cout, oh, ow]`.
+fn conv_columns(x: Tensor<4>, weight: Tensor<4>, stride: usize, pad: usize) -> Tensor<4> {
+    let [b, cin, h, w] = x.dims();
+    let [cout, _, k, _] = weight.dims();
+    let (oh, ow) = ((h + 2 * pad - k) / stride + 1, (w + 2 * pad - k) / stride + 1);
+    let padded = if pad > 0 { x.pad([(pad, pad), (pad, pad)], PadMode::Constant(0.0)) } else { x };
+    let span = |start: usize, n: usize| Slice::new(start as isize, Some((start + stride * (n - 1) + 1) as isize), stride as isize);
+    let mut rows = Vec::with_capacity(k * k);
+    for ky in 0..k {
+        for kx in 0..k {
+            let view = padded.clone().slice([Slice::full(), Slice::full(), span(ky, oh), span(kx, ow)]);
+            rows.push(view.reshape([b, cin, 1, oh * ow]));
+        }
+    }
+    // [b, cin, k*k, oh*ow] → rows in the weight's (cin, ky, kx) order.
+    let rows = Tensor::cat(rows, 2).reshape([b, cin * k * k, oh * ow]);
+    let filters = weight.reshape([1, cout, cin * k * k]).expand([b, cout, cin * k * k]);
+    filters.matmul(rows).reshape([b, cout, oh, ow])
+}
+
 /// 1x1 convolution + BatchNorm on the shortcut when the shape changes.
 #[derive(Module, Debug)]
 pub struct Downsample {
@@ -175,13 +231,13 @@ impl BasicBlock {
         }
     }
 
-    fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+    fn forward(&self, x: Tensor<4>, kernel: ConvKernel) -> Tensor<4> {
         let identity = match &self.downsample {
             Some(d) => d.bn.forward(d.conv.forward(x.clone())),
             None => x.clone(),
         };
-        let out = relu(self.bn1.forward(self.conv1.forward(x)));
-        let out = self.bn2.forward(self.conv2.forward(out));
+        let out = relu(self.bn1.forward(conv_with(&self.conv1, x, kernel)));
+        let out = self.bn2.forward(conv_with(&self.conv2, out, kernel));
         relu(out + identity)
     }
 }
@@ -205,11 +261,18 @@ pub struct ResNet {
 impl ResNet {
     /// Last-stage feature maps `[batch, channels, h, w]` for input `[batch, 1, H, W]`.
     pub fn features(&self, x: Tensor<4>) -> Tensor<4> {
-        let x = relu(self.bn1.forward(self.conv1.forward(x)));
+        let kernel = ConvKernel::for_device(&x.device());
+        self.features_with(x, kernel)
+    }
+
+    /// [`Self::features`] with a chosen way of computing the convolutions (benchmarks compare
+    /// them; the result is the same up to rounding).
+    pub fn features_with(&self, x: Tensor<4>, kernel: ConvKernel) -> Tensor<4> {
+        let x = relu(self.bn1.forward(conv_with(&self.conv1, x, kernel)));
         let mut x = self.maxpool.forward(x);
         for stage in &self.stages {
             for block in &stage.blocks {
-                x = block.forward(x);
+                x = block.forward(x, kernel);
             }
         }
         x
@@ -275,6 +338,55 @@ impl ResNet {
     }
 }
 
+/// One tensor of a model under its torchvision name (`layer1.0.conv1.weight`…), row-major f32.
+#[derive(Debug, Clone)]
+pub struct NamedTensor {
+    pub name: String,
+    pub shape: Vec<usize>,
+    pub values: Vec<f32>,
+}
+
+fn named<const D: usize>(name: String, tensor: Tensor<D>) -> NamedTensor {
+    let shape = tensor.dims().to_vec();
+    let values = tensor.into_data().convert::<f32>().try_to_vec::<f32>().unwrap_or_default();
+    NamedTensor { name, shape, values }
+}
+
+fn named_bn(prefix: &str, bn: &BatchNorm, out: &mut Vec<NamedTensor>) {
+    out.push(named(format!("{prefix}.weight"), bn.gamma.val()));
+    out.push(named(format!("{prefix}.bias"), bn.beta.val()));
+    out.push(named(format!("{prefix}.running_mean"), bn.running_mean.value()));
+    out.push(named(format!("{prefix}.running_var"), bn.running_var.value()));
+}
+
+impl ResNet {
+    /// Every parameter and BatchNorm statistic under the names torchvision's ResNet uses
+    /// (`conv1`, `bn1`, `layerN.i.…`, `downsample.0/1`, `fc`; `fc.weight` as `[out, in]`), so a
+    /// PyTorch reference of the same architecture loads them with `load_state_dict`.
+    pub fn torchvision_tensors(&self) -> Vec<NamedTensor> {
+        let mut out = vec![named("conv1.weight".into(), self.conv1.weight.val())];
+        named_bn("bn1", &self.bn1, &mut out);
+        for (i, stage) in self.stages.iter().enumerate() {
+            for (j, block) in stage.blocks.iter().enumerate() {
+                let p = format!("layer{}.{j}", i + 1);
+                out.push(named(format!("{p}.conv1.weight"), block.conv1.weight.val()));
+                named_bn(&format!("{p}.bn1"), &block.bn1, &mut out);
+                out.push(named(format!("{p}.conv2.weight"), block.conv2.weight.val()));
+                named_bn(&format!("{p}.bn2"), &block.bn2, &mut out);
+                if let Some(d) = &block.downsample {
+                    out.push(named(format!("{p}.downsample.0.weight"), d.conv.weight.val()));
+                    named_bn(&format!("{p}.downsample.1"), &d.bn, &mut out);
+                }
+            }
+        }
+        out.push(named("fc.weight".into(), self.head.weight.val().transpose()));
+        if let Some(bias) = &self.head.bias {
+            out.push(named("fc.bias".into(), bias.val()));
+        }
+        out
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -296,6 +408,39 @@ mod tests {
         // ours: stem 1 channel (-2*64*49 = -6,272), head 2 classes (-998*513 = -511,974). BatchNorm
         // running statistics are not parameters in torchvision's count but are in burn's (+9,600).
         assert_eq!(model.num_params(), 11_689_512 - 6_272 - 511_974 + 9_600);
+    }
+
+    #[test]
+    fn torchvision_tensors_name_every_parameter_once() {
+        let device = Device::flex();
+        let model = ResNetConfig::resnet18().init(&device);
+        let tensors = model.torchvision_tensors();
+        let total: usize = tensors.iter().map(|t| t.values.len()).sum();
+        assert_eq!(total, model.num_params());
+        let names: std::collections::HashSet<_> = tensors.iter().map(|t| t.name.as_str()).collect();
+        assert_eq!(names.len(), tensors.len());
+        for name in ["conv1.weight", "layer2.0.downsample.0.weight", "layer4.1.bn2.running_var", "fc.bias"] {
+            assert!(names.contains(name), "{name}");
+        }
+        let fc = tensors.iter().find(|t| t.name == "fc.weight").unwrap();
+        assert_eq!(fc.shape, vec![2, 512]);
+    }
+
+    #[test]
+    fn both_conv_kernels_compute_the_same_features() {
+        let device = Device::flex();
+        for arch in [tiny(), ResNetConfig::resnet18().with_width(0.25)] {
+            let model = arch.init(&device);
+            for (b, size) in [(1, 64), (2, 37)] {
+                let x = input(b, size, &device);
+                let conv = model.features_with(x.clone(), ConvKernel::Burn).into_data().try_to_vec::<f32>().unwrap();
+                let cols = model.features_with(x, ConvKernel::Columns).into_data().try_to_vec::<f32>().unwrap();
+                assert_eq!(conv.len(), cols.len());
+                let scale = conv.iter().fold(0f32, |m, v| m.max(v.abs()));
+                let diff = conv.iter().zip(&cols).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+                assert!(diff <= 1e-4 * scale.max(1.0), "difference {diff} (scale {scale})");
+            }
+        }
     }
 
     #[test]

@@ -8,12 +8,13 @@
 use std::cell::RefCell;
 use std::rc::Rc;
 
-use burn::tensor::Device;
+use burn::tensor::{Device, Tensor, TensorData};
 use serde::Serialize;
 use wasm_bindgen::prelude::*;
 
 use crate::classifier::Classifier;
 use crate::error::CxrError;
+use crate::model::ConvKernel;
 use crate::preprocess::{Preprocessed, decode, preprocess_luma, preview};
 use crate::saliency::heatmap_rgba;
 
@@ -207,6 +208,28 @@ pub async fn classify(bytes: Vec<u8>) -> Result<JsValue, JsValue> {
     let (classifier, backend) = current()?;
     let prediction = run(&classifier, &bytes, &backend).await.map_err(coded_error)?;
     Ok(to_js(&prediction)?)
+}
+
+/// The model alone on an already preprocessed input (`input_size`² values in [0, 1], row-major)
+/// → its two logits: no decoding, no CAM. For benchmarks against other runtimes and parity
+/// checks; the page itself uses [`classify`]. `kernel` picks how the convolutions are computed:
+/// `"burn"`, `"columns"`, or anything else for the backend's default (to measure them).
+#[wasm_bindgen]
+pub async fn forward_logits(pixels: Vec<f32>, kernel: String) -> Result<Vec<f32>, JsError> {
+    let (classifier, _) = current()?;
+    let s = classifier.info().input_size;
+    if pixels.len() != s * s {
+        return Err(js_error(format!("expected {} values ({s}x{s}), got {}", s * s, pixels.len())));
+    }
+    let x = Tensor::<4>::from_data(TensorData::new(pixels, [1, 1, s, s]), classifier.device());
+    let model = classifier.model();
+    let kernel = match kernel.as_str() {
+        "burn" => ConvKernel::Burn,
+        "columns" => ConvKernel::Columns,
+        _ => ConvKernel::for_device(classifier.device()),
+    };
+    let logits = model.classify_features(model.features_with(x, kernel)).into_data_async().await.map_err(|e| js_error(format!("{e:?}")))?;
+    logits.convert::<f32>().try_to_vec::<f32>().map_err(|e| js_error(format!("{e:?}")))
 }
 
 /// CSV of a batch: `rows` is an array of objects with the fields of [`crate::batch::BatchRow`].

@@ -2,6 +2,7 @@
 
 mod compare;
 mod augment;
+mod bench;
 mod data;
 mod device;
 mod evaluate;
@@ -105,6 +106,56 @@ enum Command {
         /// The command that trained the run, for the model card.
         #[arg(long)]
         command: Option<String>,
+    },
+    /// Measurements for `./build.sh bench` (one JSON object on stdout).
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// Training throughput: forward, weighted cross-entropy, backward, AdamW step on random input.
+    Train {
+        /// Width multiplier of the ResNet-18 layout.
+        #[arg(long, default_value_t = 0.25)]
+        width: f64,
+        #[arg(long, default_value_t = 16)]
+        batch_size: usize,
+        #[arg(long, default_value_t = 256)]
+        input_size: usize,
+        /// Timed steps (after the warm-up).
+        #[arg(long, default_value_t = 5)]
+        steps: usize,
+        #[arg(long, default_value_t = 2)]
+        warmup: usize,
+        /// Compute the convolutions as im2col + matmul (the inference default on the CPU) instead
+        /// of burn's conv2d.
+        #[arg(long)]
+        columns: bool,
+        #[arg(long, value_enum, default_value = "cpu")]
+        backend: DeviceChoice,
+    },
+    /// Single-image inference latency, model alone and with CAM.
+    Infer {
+        /// A .cxrw weight file; without it, the embedded model.
+        #[arg(long)]
+        weights: Option<PathBuf>,
+        #[arg(long, default_value = "tests/fixtures/normal0.png")]
+        image: PathBuf,
+        #[arg(long, default_value_t = 20)]
+        runs: usize,
+        #[arg(long, value_enum, default_value = "cpu")]
+        backend: DeviceChoice,
+    },
+    /// Write the weights (safetensors, torchvision names), one preprocessed input and our logits
+    /// for it, for a PyTorch reference of the same network.
+    Interop {
+        #[arg(long)]
+        weights: Option<PathBuf>,
+        #[arg(long, default_value = "tests/fixtures/normal0.png")]
+        image: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
     },
 }
 
@@ -240,6 +291,29 @@ fn run() -> Result<ExitCode, String> {
         }
         Command::Export { run, out, sample, ood_negatives, command } => {
             export::run(&run, &out, &sample, &ood_negatives, command)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench(command) => {
+            let report = match command {
+                BenchCommand::Train { width, batch_size, input_size, steps, warmup, columns, backend } => {
+                    let (device, _) = device::select(backend)?;
+                    bench::train_step(width, batch_size.max(1), input_size, steps.max(1), warmup, columns, &device)?
+                }
+                BenchCommand::Infer { weights, image, runs, backend } => {
+                    let (device, _) = device::select(backend)?;
+                    let started = std::time::Instant::now();
+                    let classifier = evaluate::load_classifier(weights.as_deref(), &device)?;
+                    let load_ms = started.elapsed().as_secs_f64() * 1e3;
+                    let mut report = bench::inference(&classifier, &image, runs.max(1))?;
+                    report["load_ms"] = serde_json::json!(load_ms);
+                    report
+                }
+                BenchCommand::Interop { weights, image, out } => {
+                    let classifier = evaluate::load_classifier(weights.as_deref(), &burn::tensor::Device::flex())?;
+                    bench::interop(&classifier, &image, &out)?
+                }
+            };
+            println!("{report}");
             Ok(ExitCode::SUCCESS)
         }
     }

@@ -1,0 +1,203 @@
+//! Measurements behind `./build.sh bench` (bench/run.sh compares them with PyTorch and
+//! onnxruntime): a training step's throughput, single-image inference latency, and the files a
+//! PyTorch reference of the same network needs (weights, one preprocessed input, our logits).
+//! Each command prints one JSON object on stdout.
+
+use std::fs;
+use std::path::Path;
+use std::time::Instant;
+
+use burn::module::Module;
+use burn::optim::{AdamWConfig, GradientsParams};
+use burn::tensor::{Device, Distribution, Tensor, TensorData};
+use cxr::classifier::Classifier;
+use cxr::model::{NamedTensor, ResNetConfig, ConvKernel};
+use cxr::preprocess::{decode, preprocess_luma};
+use serde_json::json;
+
+use crate::train::{LossKind, loss};
+
+fn median(values: &[f64]) -> f64 {
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
+fn ms_since(t: Instant) -> f64 {
+    t.elapsed().as_secs_f64() * 1e3
+}
+
+/// Training throughput: forward, class-weighted cross-entropy, backward and an AdamW step on
+/// random `[batch, 1, size, size]` inputs (the trainer's step without data loading), timed after
+/// `warmup` untimed steps; `columns` computes the convolutions as im2col + matmul instead of the
+/// backend's default for training.
+pub fn train_step(width: f64, batch: usize, size: usize, steps: usize, warmup: usize, columns: bool, device: &Device) -> Result<serde_json::Value, String> {
+    let arch = ResNetConfig::resnet18().with_width(width);
+    let device = device.clone().autodiff();
+    let kernel = if columns { ConvKernel::Columns } else { ConvKernel::for_device(&device) };
+    let mut model = arch.init(&device);
+    let mut optim = AdamWConfig::new().with_weight_decay(1e-4).init();
+    let labels: Vec<u8> = (0..batch).map(|i| (i % 2) as u8).collect();
+    let mut times = Vec::with_capacity(steps);
+    for step in 0..warmup + steps {
+        let x = Tensor::<4>::random([batch, 1, size, size], Distribution::Uniform(0.0, 1.0), &device);
+        let started = Instant::now();
+        let logits = model.classify_features(model.features_with(x, kernel));
+        let l = loss(logits, &labels, LossKind::ClassWeighted, [1.0, 3.0], 1.0);
+        let value: f32 = l.clone().into_scalar();
+        if !value.is_finite() {
+            return Err(format!("the loss became {value} at step {step}"));
+        }
+        let grads = GradientsParams::from_grads(l.backward(), &model);
+        model = optim.step(1e-3, model, grads);
+        if step >= warmup {
+            times.push(ms_since(started));
+        }
+    }
+    let median_ms = median(&times);
+    Ok(json!({
+        "width": width, "batch": batch, "size": size, "params": model.num_params(), "columns": columns,
+        "step_ms": times, "median_ms": median_ms, "img_per_s": batch as f64 / (median_ms / 1e3),
+    }))
+}
+
+/// Single-image latency of the model alone (preprocessed input → logits), and of the product's
+/// path with CAM and features, `runs` times each after one warm-up.
+pub fn inference(classifier: &Classifier, image: &Path, runs: usize) -> Result<serde_json::Value, String> {
+    let bytes = fs::read(image).map_err(|e| format!("{}: {e}", image.display()))?;
+    let t = Instant::now();
+    let decoded = decode(&bytes).map_err(|e| e.to_string())?;
+    let decode_ms = ms_since(t);
+    let t = Instant::now();
+    let input = preprocess_luma(&decoded, classifier.info().input_size).map_err(|e| e.to_string())?;
+    let preprocess_ms = ms_since(t);
+    let model = classifier.model();
+    let s = input.size;
+    let time_kernel = |kernel: ConvKernel, n: usize| -> Vec<f64> {
+        let forward = || {
+            let x = Tensor::<4>::from_data(TensorData::new(input.pixels.clone(), [1, 1, s, s]), classifier.device());
+            model.classify_features(model.features_with(x, kernel)).into_data()
+        };
+        let _ = forward();
+        (0..n)
+            .map(|_| {
+                let t = Instant::now();
+                let _ = forward();
+                ms_since(t)
+            })
+            .collect()
+    };
+    // The convolutions computed both ways, alternating, so the comparison shares the machine's state.
+    let (mut logits_ms, mut burn_conv_ms) = (Vec::new(), Vec::new());
+    for _ in 0..runs.div_ceil(5) {
+        logits_ms.extend(time_kernel(ConvKernel::for_device(classifier.device()), 5));
+        burn_conv_ms.extend(time_kernel(ConvKernel::Burn, 5));
+    }
+    let with_cam_ms: Vec<f64> = (0..runs)
+        .map(|_| {
+            let t = Instant::now();
+            let out = classifier.run(&input);
+            let _ = (out.logits.into_data(), out.cam.into_data(), out.features.into_data());
+            ms_since(t)
+        })
+        .collect();
+    Ok(json!({
+        "model": classifier.info().name, "input_size": input.size,
+        "decode_ms": decode_ms, "preprocess_ms": preprocess_ms,
+        "logits_ms": logits_ms, "logits_median_ms": median(&logits_ms),
+        "burn_conv_ms": burn_conv_ms, "burn_conv_median_ms": median(&burn_conv_ms),
+        "with_cam_ms": with_cam_ms, "with_cam_median_ms": median(&with_cam_ms),
+    }))
+}
+
+/// Safetensors bytes (F32, little-endian) of named tensors, for `torch`/`safetensors` to read.
+pub fn safetensors(tensors: &[NamedTensor]) -> Vec<u8> {
+    let mut header = serde_json::Map::new();
+    let mut offset = 0usize;
+    for t in tensors {
+        let end = offset + 4 * t.values.len();
+        header.insert(t.name.clone(), json!({"dtype": "F32", "shape": t.shape, "data_offsets": [offset, end]}));
+        offset = end;
+    }
+    let mut text = serde_json::Value::Object(header).to_string().into_bytes();
+    while text.len() % 8 != 0 {
+        text.push(b' ');
+    }
+    let mut out = Vec::with_capacity(8 + text.len() + offset);
+    out.extend_from_slice(&(text.len() as u64).to_le_bytes());
+    out.extend_from_slice(&text);
+    for t in tensors {
+        for v in &t.values {
+            out.extend_from_slice(&v.to_le_bytes());
+        }
+    }
+    out
+}
+
+/// What a PyTorch reference needs to check it computes what we compute: `model.safetensors`
+/// (torchvision names), `model.json` (architecture, input size), `input.bin` (the preprocessed
+/// `image`, f32 little-endian `[1, 1, s, s]`) and `reference.json` (our logits for it).
+pub fn interop(classifier: &Classifier, image: &Path, out: &Path) -> Result<serde_json::Value, String> {
+    fs::create_dir_all(out).map_err(|e| format!("{}: {e}", out.display()))?;
+    let write = |name: &str, bytes: &[u8]| {
+        let path = out.join(name);
+        fs::write(&path, bytes).map_err(|e| format!("{}: {e}", path.display()))
+    };
+    let tensors = classifier.model().torchvision_tensors();
+    write("model.safetensors", &safetensors(&tensors))?;
+    let info = classifier.info();
+    write(
+        "model.json",
+        serde_json::to_string_pretty(&json!({"architecture": info.architecture, "input_size": info.input_size, "name": info.name}))
+            .map_err(|e| e.to_string())?
+            .as_bytes(),
+    )?;
+    let bytes = fs::read(image).map_err(|e| format!("{}: {e}", image.display()))?;
+    let input = classifier.preprocess(&bytes).map_err(|e| e.to_string())?;
+    let raw: Vec<u8> = input.pixels.iter().flat_map(|v| v.to_le_bytes()).collect();
+    write("input.bin", &raw)?;
+    let logits = classifier.logits(&[&input.pixels])[0];
+    let reference = json!({"image": image.display().to_string(), "logits": logits, "tensors": tensors.len()});
+    write("reference.json", reference.to_string().as_bytes())?;
+    Ok(reference)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn safetensors_layout_is_header_length_json_then_data() {
+        let t = vec![
+            NamedTensor { name: "a".into(), shape: vec![2], values: vec![1.0, -2.0] },
+            NamedTensor { name: "b".into(), shape: vec![1, 1], values: vec![0.5] },
+        ];
+        let bytes = safetensors(&t);
+        let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+        assert_eq!(n % 8, 0);
+        let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+        assert_eq!(header["b"]["data_offsets"], json!([8, 12]));
+        assert_eq!(header["a"]["shape"], json!([2]));
+        let data = &bytes[8 + n..];
+        assert_eq!(data.len(), 12);
+        assert_eq!(f32::from_le_bytes(data[4..8].try_into().unwrap()), -2.0);
+        assert_eq!(f32::from_le_bytes(data[8..12].try_into().unwrap()), 0.5);
+    }
+
+    #[test]
+    fn median_of_even_and_odd_counts() {
+        assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(&[4.0, 1.0, 2.0, 3.0]), 2.5);
+    }
+
+    #[test]
+    fn a_training_step_is_timed() {
+        let r = train_step(0.0625, 2, 32, 1, 0, false, &Device::flex()).unwrap();
+        assert_eq!(r["step_ms"].as_array().unwrap().len(), 1);
+        assert!(r["img_per_s"].as_f64().unwrap() > 0.0);
+    }
+}
