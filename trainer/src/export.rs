@@ -49,7 +49,7 @@ pub fn run(run: &Path, out: &Path, sample: &Path, negatives: &Path, command: Opt
 /// Choose the threshold and the card's validation figures with the exported (f16) weights on the
 /// run's validation split, so that `evaluate` on the shipped model reproduces them.
 /// The run's training options and split, as `train` saved them.
-fn read_run(run: &Path) -> Result<(TrainOptions, Split), String> {
+pub(crate) fn read_run(run: &Path) -> Result<(TrainOptions, Split), String> {
     let read = |name: &str| -> Result<String, String> {
         std::fs::read_to_string(run.join(name)).map_err(|e| format!("{}: {e}", run.join(name).display()))
     };

