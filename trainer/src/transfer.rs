@@ -32,19 +32,34 @@ const STEPS: usize = 300;
 const LR: f64 = 1e-2;
 const WEIGHT_DECAY: f32 = 1e-2;
 
-/// Pooled 2048-d features of `items`, `[n * 2048]`, with their labels.
-fn features(model: &ResNet50, root: &Path, items: &[Item], size: usize, device: &Device) -> Result<(Vec<f32>, Vec<u8>), String> {
+/// What the frozen network gives for each image of `items`: the pooled 2048-d features
+/// (`Pooled`) or the output of the first three stages (`Res4`), image after image, with the
+/// labels and the per-image shape.
+#[derive(Clone, Copy, PartialEq)]
+enum Output {
+    Pooled,
+    Res4,
+}
+
+fn frozen_outputs(model: &ResNet50, root: &Path, items: &[Item], size: usize, what: Output, device: &Device) -> Result<(Vec<f32>, Vec<u8>, Vec<usize>), String> {
     let cfg = LoaderConfig { batch_size: 8, workers: 2, prefetch: 2, size };
     let failures: Failures = Default::default();
     let mean = BGR_MEAN.iter().sum::<f32>() / 3.0;
-    let (mut out, mut labels) = (Vec::new(), Vec::new());
+    let (mut out, mut labels, mut shape) = (Vec::new(), Vec::new(), Vec::new());
     let pb = indicatif::ProgressBar::new(items.len() as u64);
     for batch in Loader::start(root.to_path_buf(), items.to_vec(), &cfg, None, 0, failures.clone()) {
         let n = batch.len();
         let x = Tensor::<4>::from_data(TensorData::new(batch.pixels, [n, 1, size, size]), device) * 255.0 - mean;
-        let f = model.features(x);
-        let [b, c, _, _] = f.dims();
-        out.extend(f.mean_dim(3).mean_dim(2).reshape([b, c]).into_data().try_to_vec::<f32>().map_err(|e| format!("{e:?}"))?);
+        let f = match what {
+            Output::Pooled => {
+                let f = model.features(x);
+                let [b, c, _, _] = f.dims();
+                f.mean_dim(3).mean_dim(2).reshape([b, c, 1, 1])
+            }
+            Output::Res4 => model.features_until(x, 3),
+        };
+        shape = f.dims()[1..].to_vec();
+        out.extend(f.into_data().try_to_vec::<f32>().map_err(|e| format!("{e:?}"))?);
         labels.extend(batch.labels);
         pb.inc(n as u64);
     }
@@ -53,7 +68,7 @@ fn features(model: &ResNet50, root: &Path, items: &[Item], size: usize, device: 
     if failed > 0 {
         return Err(format!("{failed} image(s) could not be read"));
     }
-    Ok((out, labels))
+    Ok((out, labels, shape))
 }
 
 /// Linear probe on `run`'s split; prints and returns the validation report as JSON.
@@ -62,8 +77,8 @@ pub fn probe(package: &Path, run: &Path) -> Result<serde_json::Value, String> {
     let device = Device::flex();
     let model = imagenet::load(package, 1, 2, &device)?;
     let started = Instant::now();
-    let (train_x, train_y) = features(&model, &opts.data, &split.train, opts.input_size, &device)?;
-    let (valid_x, valid_y) = features(&model, &opts.data, &split.valid, opts.input_size, &device)?;
+    let (train_x, train_y, _) = frozen_outputs(&model, &opts.data, &split.train, opts.input_size, Output::Pooled, &device)?;
+    let (valid_x, valid_y, _) = frozen_outputs(&model, &opts.data, &split.valid, opts.input_size, Output::Pooled, &device)?;
     let extract_s = started.elapsed().as_secs_f64();
     let d = train_x.len() / train_y.len().max(1);
 
@@ -138,28 +153,6 @@ impl Tail {
     }
 }
 
-/// res4 outputs (the input of res5) of `items`, computed once by the frozen first stages.
-fn res4_outputs(model: &ResNet50, root: &Path, items: &[Item], size: usize, device: &Device) -> Result<(Vec<f32>, Vec<u8>, [usize; 3]), String> {
-    let cfg = LoaderConfig { batch_size: 8, workers: 2, prefetch: 2, size };
-    let failures: Failures = Default::default();
-    let mean = BGR_MEAN.iter().sum::<f32>() / 3.0;
-    let (mut out, mut labels, mut shape) = (Vec::new(), Vec::new(), [0; 3]);
-    for batch in Loader::start(root.to_path_buf(), items.to_vec(), &cfg, None, 0, failures.clone()) {
-        let n = batch.len();
-        let x = Tensor::<4>::from_data(TensorData::new(batch.pixels, [n, 1, size, size]), device) * 255.0 - mean;
-        let f = model.features_until(x, 3);
-        let [_, c, h, w] = f.dims();
-        shape = [c, h, w];
-        out.extend(f.into_data().try_to_vec::<f32>().map_err(|e| format!("{e:?}"))?);
-        labels.extend(batch.labels);
-    }
-    let failed = failures.lock().map(|f| f.len()).unwrap_or(0);
-    if failed > 0 {
-        return Err(format!("{failed} image(s) could not be read"));
-    }
-    Ok((out, labels, shape))
-}
-
 fn scores(tail: &Tail, x: &[f32], shape: [usize; 3], device: &Device) -> Result<Vec<f32>, String> {
     let per = shape.iter().product::<usize>();
     let mut out = Vec::new();
@@ -179,8 +172,9 @@ pub fn finetune(package: &Path, run: &Path, o: &FinetuneOptions) -> Result<serde
     let device = Device::flex();
     let started = Instant::now();
     let frozen = imagenet::load(package, 1, 2, &device)?;
-    let (train_x, train_y, shape) = res4_outputs(&frozen, &opts.data, &split.train, opts.input_size, &device)?;
-    let (valid_x, valid_y, _) = res4_outputs(&frozen, &opts.data, &split.valid, opts.input_size, &device)?;
+    let (train_x, train_y, shape) = frozen_outputs(&frozen, &opts.data, &split.train, opts.input_size, Output::Res4, &device)?;
+    let (valid_x, valid_y, _) = frozen_outputs(&frozen, &opts.data, &split.valid, opts.input_size, Output::Res4, &device)?;
+    let shape = [shape[0], shape[1], shape[2]];
     drop(frozen);
     let extract_s = started.elapsed().as_secs_f64();
     let ad = device.clone().autodiff();
