@@ -123,7 +123,6 @@ fn check_rle_frame(fragment: &[u8], segments: usize, pixels: usize) -> Result<()
     Ok(())
 }
 
-/// Decoded length of a PackBits run-length stream (stops at a truncated run).
 /// Whether every JPEG frame header (SOF0–SOF15 but DHT, JPG and DAC) in encapsulated pixel data
 /// describes at most `frame_bytes` of decoded samples (2 bytes a sample above 8 bits, as the
 /// decoder gives them). A marker byte pair cannot occur inside entropy-coded data, so scanning
@@ -151,6 +150,7 @@ fn check_jpeg_frames(fragments: &[Vec<u8>], frame_bytes: u64) -> Result<(), Stri
     Ok(())
 }
 
+/// Decoded length of a PackBits run-length stream (stops at a truncated run).
 fn packbits_len(data: &[u8]) -> usize {
     let (mut i, mut out) = (0, 0usize);
     while i < data.len() {
