@@ -160,6 +160,10 @@ enum ImagenetCommand {
         head_epochs: usize,
         #[arg(long, default_value_t = 9)]
         tune_epochs: usize,
+        /// Write the best epoch's logits for every training image here (a teacher for
+        /// `train --teacher`).
+        #[arg(long)]
+        teacher_out: Option<PathBuf>,
     },
     /// Top-5 ImageNet classes of photos, with the pretrained network (checks the port).
     Classify {
@@ -278,6 +282,16 @@ struct TrainArgs {
     /// Train on at most this many images (quick runs).
     #[arg(long)]
     limit: Option<usize>,
+    /// Distil from a teacher: JSON of each training file's two teacher logits (from
+    /// `trainer imagenet finetune --teacher-out`).
+    #[arg(long)]
+    teacher: Option<PathBuf>,
+    /// Weight of the teacher's soft targets in the loss (with --teacher).
+    #[arg(long, default_value_t = 0.5)]
+    distill_weight: f32,
+    /// Softmax temperature of the distillation term (with --teacher).
+    #[arg(long, default_value_t = 2.0)]
+    temperature: f32,
     /// wgpu: a hardware GPU through wgpu, else the CPU with a message; cpu: burn's flex backend.
     #[arg(long, value_enum, default_value = "wgpu")]
     backend: DeviceChoice,
@@ -313,6 +327,9 @@ impl TrainArgs {
             augment_strength: self.augment_strength,
             workers: self.workers.max(1),
             limit: self.limit,
+            teacher: self.teacher.clone(),
+            distill_weight: self.distill_weight,
+            temperature: self.temperature,
         }
     }
 }
@@ -390,9 +407,9 @@ fn run() -> Result<ExitCode, String> {
                     let package = imagenet::ensure(&dir.unwrap_or_else(imagenet::default_dir), false)?;
                     println!("{}", transfer::probe(&package, &run)?);
                 }
-                ImagenetCommand::Finetune { run, dir, head_epochs, tune_epochs } => {
+                ImagenetCommand::Finetune { run, dir, head_epochs, tune_epochs, teacher_out } => {
                     let package = imagenet::ensure(&dir.unwrap_or_else(imagenet::default_dir), false)?;
-                    let options = transfer::FinetuneOptions { head_epochs, tune_epochs, ..Default::default() };
+                    let options = transfer::FinetuneOptions { head_epochs, tune_epochs, teacher_out, ..Default::default() };
                     println!("{}", transfer::finetune(&package, &run, &options)?);
                 }
                 ImagenetCommand::Classify { files, dir } => {

@@ -79,6 +79,45 @@ pub struct TrainOptions {
     pub workers: usize,
     /// Use at most this many training images (quick runs and ablations).
     pub limit: Option<usize>,
+    /// Knowledge distillation: a JSON object mapping each training file to a teacher's two
+    /// logits (written by `trainer imagenet finetune --teacher-out`).
+    #[serde(default)]
+    pub teacher: Option<PathBuf>,
+    /// Weight of the teacher's softened probabilities in the loss; the rest stays on the labels.
+    #[serde(default = "default_distill_weight")]
+    pub distill_weight: f32,
+    /// Softmax temperature of the distillation term.
+    #[serde(default = "default_temperature")]
+    pub temperature: f32,
+}
+
+fn default_distill_weight() -> f32 {
+    0.5
+}
+
+fn default_temperature() -> f32 {
+    2.0
+}
+
+/// Teacher logits by training file.
+pub type TeacherLogits = std::collections::HashMap<String, [f32; 2]>;
+
+fn read_teacher(path: &Path, train: &[Item]) -> Result<TeacherLogits, String> {
+    let text = fs::read_to_string(path).map_err(|e| io_err(path, e))?;
+    let teacher: TeacherLogits = serde_json::from_str(&text).map_err(|e| io_err(path, e))?;
+    if let Some(missing) = train.iter().find(|i| !teacher.contains_key(&i.file)) {
+        return Err(format!("{}: no teacher logits for training file {}", path.display(), missing.file));
+    }
+    Ok(teacher)
+}
+
+/// The distillation term: cross-entropy of the student's tempered log-probabilities against the
+/// teacher's tempered probabilities (KL divergence up to a constant), times T² so its gradients
+/// keep their scale as T changes (Hinton et al., 2015).
+pub fn distillation_loss(student: Tensor<2>, teacher: Tensor<2>, temperature: f32) -> Tensor<1> {
+    let target = burn::tensor::activation::softmax(teacher.div_scalar(temperature), 1);
+    let log_student = log_softmax(student.div_scalar(temperature), 1);
+    (target * log_student).sum_dim(1).neg().mean().mul_scalar(temperature * temperature)
 }
 
 fn default_cost() -> f32 {
@@ -411,6 +450,7 @@ pub fn train(opts: &TrainOptions, out: &Path, base_device: &Device, resume: bool
         train_items.truncate(limit);
     }
     let weights = class_weights(opts.loss, &train_items, opts.class_weights);
+    let teacher = opts.teacher.as_deref().map(|p| read_teacher(p, &train_items)).transpose()?;
     let pos = train_items.iter().filter(|i| i.label == 1).count();
     if !quiet {
         eprintln!(
@@ -483,7 +523,17 @@ pub fn train(opts: &TrainOptions, out: &Path, base_device: &Device, resume: bool
             let n = batch.len();
             lr = learning_rate(opts.lr, epoch * steps_per_epoch + i, total_steps);
             let x = Tensor::<4>::from_data(TensorData::new(batch.pixels, [n, 1, s, s]), &device);
-            let l = loss(model.forward(x), &batch.labels, opts.loss, weights, opts.cost);
+            let logits = model.forward(x);
+            let l = loss(logits.clone(), &batch.labels, opts.loss, weights, opts.cost);
+            let l = match &teacher {
+                Some(teacher) => {
+                    let targets: Vec<f32> = batch.files.iter().flat_map(|f| teacher.get(f).copied().unwrap_or([0.0, 0.0])).collect();
+                    let targets = Tensor::<2>::from_data(TensorData::new(targets, [n, 2]), &device);
+                    let soft = distillation_loss(logits, targets, opts.temperature);
+                    l.mul_scalar(1.0 - opts.distill_weight) + soft.mul_scalar(opts.distill_weight)
+                }
+                None => l,
+            };
             let value: f32 = l.clone().into_scalar();
             if !value.is_finite() {
                 return Err(format!("the loss became {value} at epoch {} step {i}; lower --lr", epoch + 1));
@@ -697,6 +747,18 @@ mod tests {
         assert!((w[1] * 10.0 - w[0] * 100.0).abs() < 1e-3);
         assert_eq!(class_weights(LossKind::Ce, &items, None), [1.0, 1.0]);
         assert_eq!(class_weights(LossKind::ClassWeighted, &items, Some([1.0, 2.0])), [1.0, 2.0]);
+    }
+
+    #[test]
+    fn distillation_loss_agrees_with_hand_computation() {
+        let device = Device::flex();
+        let student = Tensor::<2>::from_data(TensorData::new(vec![1.0f32, 0.0], [1, 2]), &device);
+        let teacher = Tensor::<2>::from_data(TensorData::new(vec![0.0f32, 2.0], [1, 2]), &device);
+        let t = 2.0f32;
+        let (pt1, ps1) = (1.0 / (1.0 + (-1.0f32).exp()), 1.0 / (1.0 + (0.5f32).exp())); // p(class 1)
+        let expected = -(((1.0 - pt1) * (1.0 - ps1).ln()) + pt1 * ps1.ln()) * t * t;
+        let got: f32 = distillation_loss(student, teacher, t).into_scalar();
+        assert!((got - expected).abs() < 1e-5, "{got} vs {expected}");
     }
 
     #[test]

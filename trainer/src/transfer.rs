@@ -41,11 +41,13 @@ enum Output {
     Res4,
 }
 
-fn frozen_outputs(model: &ResNet50, root: &Path, items: &[Item], size: usize, what: Output, device: &Device) -> Result<(Vec<f32>, Vec<u8>, Vec<usize>), String> {
+type Outputs = (Vec<f32>, Vec<u8>, Vec<usize>, Vec<String>);
+
+fn frozen_outputs(model: &ResNet50, root: &Path, items: &[Item], size: usize, what: Output, device: &Device) -> Result<Outputs, String> {
     let cfg = LoaderConfig { batch_size: 8, workers: 2, prefetch: 2, size };
     let failures: Failures = Default::default();
     let mean = BGR_MEAN.iter().sum::<f32>() / 3.0;
-    let (mut out, mut labels, mut shape) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut out, mut labels, mut shape, mut files) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let pb = indicatif::ProgressBar::new(items.len() as u64);
     for batch in Loader::start(root.to_path_buf(), items.to_vec(), &cfg, None, 0, failures.clone()) {
         let n = batch.len();
@@ -61,6 +63,7 @@ fn frozen_outputs(model: &ResNet50, root: &Path, items: &[Item], size: usize, wh
         shape = f.dims()[1..].to_vec();
         out.extend(f.into_data().try_to_vec::<f32>().map_err(|e| format!("{e:?}"))?);
         labels.extend(batch.labels);
+        files.extend(batch.files);
         pb.inc(n as u64);
     }
     pb.finish_and_clear();
@@ -68,7 +71,7 @@ fn frozen_outputs(model: &ResNet50, root: &Path, items: &[Item], size: usize, wh
     if failed > 0 {
         return Err(format!("{failed} image(s) could not be read"));
     }
-    Ok((out, labels, shape))
+    Ok((out, labels, shape, files))
 }
 
 /// Linear probe on `run`'s split; prints and returns the validation report as JSON.
@@ -77,8 +80,8 @@ pub fn probe(package: &Path, run: &Path) -> Result<serde_json::Value, String> {
     let device = Device::flex();
     let model = imagenet::load(package, 1, 2, &device)?;
     let started = Instant::now();
-    let (train_x, train_y, _) = frozen_outputs(&model, &opts.data, &split.train, opts.input_size, Output::Pooled, &device)?;
-    let (valid_x, valid_y, _) = frozen_outputs(&model, &opts.data, &split.valid, opts.input_size, Output::Pooled, &device)?;
+    let (train_x, train_y, _, _) = frozen_outputs(&model, &opts.data, &split.train, opts.input_size, Output::Pooled, &device)?;
+    let (valid_x, valid_y, _, _) = frozen_outputs(&model, &opts.data, &split.valid, opts.input_size, Output::Pooled, &device)?;
     let extract_s = started.elapsed().as_secs_f64();
     let d = train_x.len() / train_y.len().max(1);
 
@@ -130,11 +133,13 @@ pub struct FinetuneOptions {
     pub lr_backbone: f64,
     pub weight_decay: f32,
     pub seed: u64,
+    /// Where to write the best epoch's logits of every training image (a distillation teacher).
+    pub teacher_out: Option<std::path::PathBuf>,
 }
 
 impl Default for FinetuneOptions {
     fn default() -> Self {
-        Self { head_epochs: 3, tune_epochs: 9, batch_size: 16, lr_head: 1e-3, lr_backbone: 1e-4, weight_decay: 1e-4, seed: 42 }
+        Self { head_epochs: 3, tune_epochs: 9, batch_size: 16, lr_head: 1e-3, lr_backbone: 1e-4, weight_decay: 1e-4, seed: 42, teacher_out: None }
     }
 }
 
@@ -153,14 +158,14 @@ impl Tail {
     }
 }
 
-fn scores(tail: &Tail, x: &[f32], shape: [usize; 3], device: &Device) -> Result<Vec<f32>, String> {
+fn logits(tail: &Tail, x: &[f32], shape: [usize; 3], device: &Device) -> Result<Vec<[f32; 2]>, String> {
     let per = shape.iter().product::<usize>();
     let mut out = Vec::new();
     for chunk in x.chunks(per * 32) {
         let n = chunk.len() / per;
         let t = Tensor::<4>::from_data(TensorData::new(chunk.to_vec(), [n, shape[0], shape[1], shape[2]]), device);
-        let logits = tail.forward(t).into_data().try_to_vec::<f32>().map_err(|e| format!("{e:?}"))?;
-        out.extend(logits.chunks_exact(2).map(|l| cxr::classifier::effusion_probability([l[0], l[1]])));
+        let values = tail.forward(t).into_data().try_to_vec::<f32>().map_err(|e| format!("{e:?}"))?;
+        out.extend(values.chunks_exact(2).map(|l| [l[0], l[1]]));
     }
     Ok(out)
 }
@@ -172,8 +177,8 @@ pub fn finetune(package: &Path, run: &Path, o: &FinetuneOptions) -> Result<serde
     let device = Device::flex();
     let started = Instant::now();
     let frozen = imagenet::load(package, 1, 2, &device)?;
-    let (train_x, train_y, shape) = frozen_outputs(&frozen, &opts.data, &split.train, opts.input_size, Output::Res4, &device)?;
-    let (valid_x, valid_y, _) = frozen_outputs(&frozen, &opts.data, &split.valid, opts.input_size, Output::Res4, &device)?;
+    let (train_x, train_y, shape, train_files) = frozen_outputs(&frozen, &opts.data, &split.train, opts.input_size, Output::Res4, &device)?;
+    let (valid_x, valid_y, _, _) = frozen_outputs(&frozen, &opts.data, &split.valid, opts.input_size, Output::Res4, &device)?;
     let shape = [shape[0], shape[1], shape[2]];
     drop(frozen);
     let extract_s = started.elapsed().as_secs_f64();
@@ -215,7 +220,7 @@ pub fn finetune(package: &Path, run: &Path, o: &FinetuneOptions) -> Result<serde
             }
         }
         let eval = tail.valid();
-        let s = scores(&eval, &valid_x, shape, &device)?;
+        let s: Vec<f32> = logits(&eval, &valid_x, shape, &device)?.into_iter().map(cxr::classifier::effusion_probability).collect();
         let report = Report::new(&s, &valid_y, 0.5);
         let auc = report.auc.unwrap_or(f64::NAN);
         let row = serde_json::json!({"epoch": epoch + 1, "res5_trained": tuning, "train_loss": loss_sum / n as f64,
@@ -224,6 +229,12 @@ pub fn finetune(package: &Path, run: &Path, o: &FinetuneOptions) -> Result<serde
         if auc > best_auc {
             best_auc = auc;
             best = row.clone();
+            if let Some(path) = &o.teacher_out {
+                let teacher: crate::train::TeacherLogits =
+                    train_files.iter().cloned().zip(logits(&eval, &train_x, shape, &device)?).collect();
+                let bytes = serde_json::to_vec(&teacher).map_err(|e| e.to_string())?;
+                crate::train::write_atomic(path, &bytes)?;
+            }
         }
         epochs.push(row);
     }
@@ -254,6 +265,7 @@ pub fn train_pretrained(opts: &crate::train::TrainOptions, out: &Path, package: 
         lr_backbone: opts.lr / 10.0,
         weight_decay: opts.weight_decay,
         seed: opts.seed,
+        teacher_out: None,
     };
     let report = finetune(package, out, &schedule)?;
     let bytes = serde_json::to_vec_pretty(&report).map_err(|e| e.to_string())?;
