@@ -231,26 +231,24 @@ pub fn decode_dicom(bytes: &[u8], caps: &DecodeLimits) -> Result<LumaImage, Imag
     if frame_bytes > caps.max_alloc {
         return Err(ImageError::MemoryLimit);
     }
+    // The encapsulated fragments, borrowed (not copied) for the checks below.
+    let fragments: &[Vec<u8>] = obj
+        .element(tags::PIXEL_DATA)
+        .ok()
+        .and_then(|e| e.value().fragments())
+        .map(|f| &f[..])
+        .unwrap_or_default();
     if uid.trim_end_matches(['\0', ' ']) == RLE_LOSSLESS {
         // dicom-rs 0.10's RLE decoder indexes past a short segment and panics (found by
         // fuzzing): check the frame's segments before handing it over.
-        let fragment = obj
-            .element(tags::PIXEL_DATA)
-            .ok()
-            .and_then(|e| e.value().fragments().and_then(|f| f.first().cloned()))
-            .ok_or_else(|| corrupt("RLE pixel data has no fragment"))?;
+        let fragment = fragments.first().ok_or_else(|| corrupt("RLE pixel data has no fragment"))?;
         let segments = samples * bits.div_ceil(8) as usize;
-        check_rle_frame(&fragment, segments, width as usize * height as usize).map_err(corrupt)?;
+        check_rle_frame(fragment, segments, width as usize * height as usize).map_err(corrupt)?;
     }
     if compressed {
         // dicom-rs 0.10's JPEG adapter copies whatever the embedded JPEG decodes to into a buffer
         // sized from Rows x Columns, and panics when the JPEG is larger (found by fuzzing).
-        let fragments = obj
-            .element(tags::PIXEL_DATA)
-            .ok()
-            .and_then(|e| e.value().fragments().map(|f| f.to_vec()))
-            .unwrap_or_default();
-        check_jpeg_frames(&fragments, frame_bytes).map_err(corrupt)?;
+        check_jpeg_frames(fragments, frame_bytes).map_err(corrupt)?;
     }
     // A compressed frame that the decoder refuses is most often a variant it lacks (12-bit JPEG,
     // say) rather than damage: name the syntax.

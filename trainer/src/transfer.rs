@@ -24,7 +24,7 @@ use crate::loader::{Failures, Loader, LoaderConfig};
 use crate::metrics::Report;
 use crate::resnet50::{ResNet50, Stage50};
 use crate::rng::Rng;
-use crate::train::{LossKind, loss};
+use crate::train::{LossKind, class_weights, loss};
 
 /// Head training, fixed before looking at any validation figure: full-batch AdamW on the
 /// standardised features.
@@ -100,8 +100,7 @@ pub fn probe(package: &Path, run: &Path) -> Result<serde_json::Value, String> {
 
     let ad = device.clone().autodiff();
     let x = Tensor::<2>::from_data(TensorData::new(standardise(&train_x), [n, d]), &ad);
-    let positives = train_y.iter().filter(|&&l| l == 1).count().max(1) as f32;
-    let weights = [n as f32 / (2.0 * (n as f32 - positives).max(1.0)), n as f32 / (2.0 * positives)];
+    let weights = class_weights(LossKind::ClassWeighted, &split.train, None);
     let mut head = LinearConfig::new(d, 2).init(&ad);
     let mut optim = AdamWConfig::new().with_weight_decay(WEIGHT_DECAY).init();
     for _ in 0..STEPS {
@@ -188,8 +187,7 @@ pub fn finetune(package: &Path, run: &Path, o: &FinetuneOptions) -> Result<serde
     let mut tail = Tail { stage: stage.freeze(), head: full.head };
     let per: usize = shape.iter().product();
     let n = train_y.len();
-    let positives = train_y.iter().filter(|&&l| l == 1).count().max(1) as f32;
-    let weights = [n as f32 / (2.0 * (n as f32 - positives).max(1.0)), n as f32 / (2.0 * positives)];
+    let weights = class_weights(LossKind::ClassWeighted, &split.train, None);
     let mut optim_head = AdamWConfig::new().with_weight_decay(o.weight_decay).init();
     let mut optim_stage = AdamWConfig::new().with_weight_decay(o.weight_decay).init();
     let mut epochs = Vec::new();
