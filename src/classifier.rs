@@ -156,20 +156,36 @@ impl Classifier {
     }
 }
 
+/// `n` preprocessed `size x size` images laid end to end, as one `[n, 1, size, size]` batch.
+fn batch_input(pixels: Vec<f32>, n: usize, size: usize, device: &Device) -> Tensor<4> {
+    assert_eq!(pixels.len(), n * size * size, "inputs are not {n} images of {size}x{size}");
+    Tensor::from_data(TensorData::new(pixels, [n, 1, size, size]), device)
+}
+
+/// The rows of an `[n, d]` output; a failed read from the device gives NaN rows rather than a
+/// panic.
+fn read_rows(output: Tensor<2>) -> Vec<Vec<f32>> {
+    let [n, d] = output.dims();
+    let values = output.into_data().try_to_vec::<f32>().unwrap_or_else(|_| vec![f32::NAN; n * d]);
+    values.chunks_exact(d.max(1)).map(<[f32]>::to_vec).collect()
+}
+
 /// Logits `[no finding, effusion]` of `n` preprocessed `size x size` images laid end to end.
 /// A failed read from the device gives NaN logits, one pair per image, rather than a panic.
 pub fn batch_logits(model: &ResNet, pixels: Vec<f32>, n: usize, size: usize, device: &Device) -> Vec<[f32; 2]> {
     if n == 0 {
         return Vec::new();
     }
-    assert_eq!(pixels.len(), n * size * size, "inputs are not {n} images of {size}x{size}");
-    let x = Tensor::from_data(TensorData::new(pixels, [n, 1, size, size]), device);
-    let values = model
-        .forward(x)
-        .into_data()
-        .try_to_vec::<f32>()
-        .unwrap_or_else(|_| vec![f32::NAN; 2 * n]);
-    values.chunks_exact(2).map(|c| [c[0], c[1]]).collect()
+    read_rows(model.forward(batch_input(pixels, n, size, device))).into_iter().map(|r| [r[0], r[1]]).collect()
+}
+
+/// Pooled last-stage features (the not-a-chest-X-ray gate's input) of `n` preprocessed
+/// images laid end to end, one row per image; NaN rows where the device read fails.
+pub fn batch_features(model: &ResNet, pixels: Vec<f32>, n: usize, size: usize, device: &Device) -> Vec<Vec<f32>> {
+    if n == 0 {
+        return Vec::new();
+    }
+    read_rows(model.pooled_features(model.features(batch_input(pixels, n, size, device))))
 }
 
 #[cfg(test)]

