@@ -22,6 +22,18 @@ pub struct BatchRow {
     pub error: Option<String>,
 }
 
+impl BatchRow {
+    /// The row of a classified file.
+    pub fn classified(file: String, p: &crate::classifier::Prediction) -> Self {
+        Self { file, probability: Some(p.probability), label: Some(p.label.clone()), threshold: Some(p.threshold), ood: p.ood, error_code: None, error: None }
+    }
+
+    /// The row of a file that could not be classified.
+    pub fn failed(file: String, code: &str, message: &str) -> Self {
+        Self { file, probability: None, label: None, threshold: None, ood: None, error_code: Some(code.to_string()), error: Some(message.to_string()) }
+    }
+}
+
 /// The CSV header, in column order.
 pub const CSV_HEADER: [&str; 7] = ["file", "probability_effusion", "label", "threshold", "not_a_chest_xray", "error_code", "error"];
 

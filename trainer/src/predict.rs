@@ -92,24 +92,8 @@ pub fn run(
             Ok(p)
         });
         batch.push(match &result {
-            Ok(p) => BatchRow {
-                file: shown.clone(),
-                probability: Some(p.probability),
-                label: Some(p.label.clone()),
-                threshold: Some(p.threshold),
-                ood: p.ood,
-                error_code: None,
-                error: None,
-            },
-            Err(f) => BatchRow {
-                file: shown.clone(),
-                probability: None,
-                label: None,
-                threshold: None,
-                ood: None,
-                error_code: Some(f.code.to_string()),
-                error: Some(f.message.clone()),
-            },
+            Ok(p) => BatchRow::classified(shown.clone(), p),
+            Err(f) => BatchRow::failed(shown.clone(), f.code, &f.message),
         });
         match result {
             Ok(p) => {

@@ -316,8 +316,10 @@ fn schedule_json(o: &FinetuneOptions) -> serde_json::Value {
         "augment_p": o.augment_p, "augment_strength": o.augment_strength})
 }
 
-/// Fine-tune res5 and a new head on `run`'s training split (no augmentation: the res4 outputs
-/// are computed once); the validation AUC of every epoch, and the best, as JSON.
+/// Fine-tune res5 and a new head on `run`'s training split; the validation AUC of every epoch,
+/// and the best, as JSON. The res4 outputs of the un-augmented images are computed once (they
+/// also give the teacher's logits); with `o.augment_p > 0` the frozen stages run again on each
+/// epoch's augmented training images.
 ///
 /// With `o.folds = k > 1` it cross-fits instead: k fresh fine-tunings, each on the training
 /// images outside one fold (stratified, patients kept together), each stopped at its best
