@@ -109,7 +109,8 @@ impl ModuleMapper for CastTo {
     }
 }
 
-/// A copy of `module` with every float parameter cast to f16, as weight files store them.
+/// `module` with every float parameter cast to f16, as weight files store them. The mapping can
+/// reach parameters that `module` shares with its clones: pass a module nothing else still uses.
 pub fn to_f16<M: Module>(module: M) -> M {
     module.map(&mut CastTo(DType::F16))
 }
