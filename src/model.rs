@@ -144,6 +144,12 @@ fn conv(cin: usize, cout: usize, k: usize, stride: usize, pad: usize, device: &D
         .init(device)
 }
 
+/// The mean of each channel over its feature map: `[b, c, h, w]` → `[b, c]`.
+pub fn global_average_pool(features: Tensor<4>) -> Tensor<2> {
+    let [b, c, _, _] = features.dims();
+    features.mean_dim(3).mean_dim(2).reshape([b, c])
+}
+
 /// How the model's 3x3 and 7x7 convolutions are computed; both give the same numbers up to
 /// rounding.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -298,8 +304,7 @@ impl ResNet {
     /// Globally pooled last-stage features `[batch, channels]`: what the head reads, and what
     /// the out-of-distribution check measures.
     pub fn pooled_features(&self, features: Tensor<4>) -> Tensor<2> {
-        let [b, c, _, _] = features.dims();
-        features.mean_dim(3).mean_dim(2).reshape([b, c])
+        global_average_pool(features)
     }
 
     /// Logits, the effusion CAM (as [`Self::forward_with_cam`]) and the pooled features, from

