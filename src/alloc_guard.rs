@@ -85,16 +85,24 @@ mod tests {
 
     #[test]
     fn fallible_allocations_over_the_cap_fail_and_the_cap_is_lifted_after() {
-        let refused = with_allocation_limit(1 << 20, || Vec::<u8>::new().try_reserve_exact(64 << 20).is_err());
+        let refused = with_allocation_limit(1 << 20, || {
+            Vec::<u8>::new().try_reserve_exact(64 << 20).is_err()
+        });
         assert!(refused);
-        let inside = with_allocation_limit(1 << 20, || Vec::<u8>::new().try_reserve_exact(1 << 10).is_ok());
+        let inside = with_allocation_limit(1 << 20, || {
+            Vec::<u8>::new().try_reserve_exact(1 << 10).is_ok()
+        });
         assert!(inside);
         assert!(Vec::<u8>::new().try_reserve_exact(64 << 20).is_ok());
     }
 
     #[test]
     fn nested_caps_keep_the_smaller() {
-        let refused = with_allocation_limit(1 << 10, || with_allocation_limit(1 << 30, || Vec::<u8>::new().try_reserve_exact(1 << 20).is_err()));
+        let refused = with_allocation_limit(1 << 10, || {
+            with_allocation_limit(1 << 30, || {
+                Vec::<u8>::new().try_reserve_exact(1 << 20).is_err()
+            })
+        });
         assert!(refused);
     }
 }

@@ -25,17 +25,41 @@ pub struct BatchRow {
 impl BatchRow {
     /// The row of a classified file.
     pub fn classified(file: String, p: &crate::classifier::Prediction) -> Self {
-        Self { file, probability: Some(p.probability), label: Some(p.label.clone()), threshold: Some(p.threshold), ood: p.ood, error_code: None, error: None }
+        Self {
+            file,
+            probability: Some(p.probability),
+            label: Some(p.label.clone()),
+            threshold: Some(p.threshold),
+            ood: p.ood,
+            error_code: None,
+            error: None,
+        }
     }
 
     /// The row of a file that could not be classified.
     pub fn failed(file: String, code: &str, message: &str) -> Self {
-        Self { file, probability: None, label: None, threshold: None, ood: None, error_code: Some(code.to_string()), error: Some(message.to_string()) }
+        Self {
+            file,
+            probability: None,
+            label: None,
+            threshold: None,
+            ood: None,
+            error_code: Some(code.to_string()),
+            error: Some(message.to_string()),
+        }
     }
 }
 
 /// The CSV header, in column order.
-pub const CSV_HEADER: [&str; 7] = ["file", "probability_effusion", "label", "threshold", "not_a_chest_xray", "error_code", "error"];
+pub const CSV_HEADER: [&str; 7] = [
+    "file",
+    "probability_effusion",
+    "label",
+    "threshold",
+    "not_a_chest_xray",
+    "error_code",
+    "error",
+];
 
 /// One CSV field: quoted when it holds a comma, quote or line break (RFC 4180), and prefixed
 /// with `'` when it starts like a spreadsheet formula, so a crafted file name cannot run as one.
@@ -58,10 +82,14 @@ pub fn to_csv(rows: &[BatchRow]) -> String {
     for row in rows {
         let fields = [
             csv_field(&row.file),
-            row.probability.map(|p| format!("{p:.4}")).unwrap_or_default(),
+            row.probability
+                .map(|p| format!("{p:.4}"))
+                .unwrap_or_default(),
             row.label.clone().unwrap_or_default(),
             row.threshold.map(|t| format!("{t:.4}")).unwrap_or_default(),
-            row.ood.map(|o| if o { "yes" } else { "no" }.to_string()).unwrap_or_default(),
+            row.ood
+                .map(|o| if o { "yes" } else { "no" }.to_string())
+                .unwrap_or_default(),
             csv_field(row.error_code.as_deref().unwrap_or("")),
             csv_field(row.error.as_deref().unwrap_or("")),
         ];
@@ -100,9 +128,15 @@ mod tests {
         };
         let csv = to_csv(&[ok("a.png", 0.81234), bad]);
         let lines: Vec<&str> = csv.split("\r\n").collect();
-        assert_eq!(lines[0], "file,probability_effusion,label,threshold,not_a_chest_xray,error_code,error");
+        assert_eq!(
+            lines[0],
+            "file,probability_effusion,label,threshold,not_a_chest_xray,error_code,error"
+        );
         assert_eq!(lines[1], "a.png,0.8123,effusion,0.5000,no,,");
-        assert_eq!(lines[2], "notes.png,,,,,unsupported_format,\"Not an image, \"\"really\"\".\"");
+        assert_eq!(
+            lines[2],
+            "notes.png,,,,,unsupported_format,\"Not an image, \"\"really\"\".\""
+        );
         assert_eq!(lines[3], "");
         assert_eq!(lines.len(), 4);
     }
@@ -111,7 +145,10 @@ mod tests {
     fn names_cannot_break_rows_or_run_as_formulas() {
         assert_eq!(csv_field("x,y.png"), "\"x,y.png\"");
         assert_eq!(csv_field("two\nlines.png"), "\"two\nlines.png\"");
-        assert_eq!(csv_field("=HYPERLINK(\"http://x\").png"), "\"'=HYPERLINK(\"\"http://x\"\").png\"");
+        assert_eq!(
+            csv_field("=HYPERLINK(\"http://x\").png"),
+            "\"'=HYPERLINK(\"\"http://x\"\").png\""
+        );
         assert_eq!(csv_field("+1.png"), "'+1.png");
         assert_eq!(csv_field("plain.png"), "plain.png");
     }

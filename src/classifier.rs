@@ -97,9 +97,16 @@ impl Classifier {
     pub fn run(&self, input: &Preprocessed) -> RawOutput {
         let s = self.info.input_size;
         assert_eq!(input.pixels.len(), s * s, "input is not {s}x{s}");
-        let x = Tensor::from_data(TensorData::new(input.pixels.clone(), [1, 1, s, s]), &self.device);
+        let x = Tensor::from_data(
+            TensorData::new(input.pixels.clone(), [1, 1, s, s]),
+            &self.device,
+        );
         let (logits, cam, features) = self.model.forward_all(x);
-        RawOutput { logits, cam, features }
+        RawOutput {
+            logits,
+            cam,
+            features,
+        }
     }
 
     /// Build the prediction from the logits, CAM and features read back from the device.
@@ -146,7 +153,12 @@ impl Classifier {
     pub fn classify(&self, bytes: &[u8]) -> Result<Prediction, CxrError> {
         let input = self.preprocess(bytes)?;
         let out = self.run(&input);
-        self.finish(&input, out.logits.into_data(), out.cam.into_data(), out.features.into_data())
+        self.finish(
+            &input,
+            out.logits.into_data(),
+            out.cam.into_data(),
+            out.features.into_data(),
+        )
     }
 
     /// Logits `[no finding, effusion]` for a batch of preprocessed images (no CAM).
@@ -158,7 +170,11 @@ impl Classifier {
 
 /// `n` preprocessed `size x size` images laid end to end, as one `[n, 1, size, size]` batch.
 fn batch_input(pixels: Vec<f32>, n: usize, size: usize, device: &Device) -> Tensor<4> {
-    assert_eq!(pixels.len(), n * size * size, "inputs are not {n} images of {size}x{size}");
+    assert_eq!(
+        pixels.len(),
+        n * size * size,
+        "inputs are not {n} images of {size}x{size}"
+    );
     Tensor::from_data(TensorData::new(pixels, [n, 1, size, size]), device)
 }
 
@@ -166,22 +182,40 @@ fn batch_input(pixels: Vec<f32>, n: usize, size: usize, device: &Device) -> Tens
 /// panic.
 fn read_rows(output: Tensor<2>) -> Vec<Vec<f32>> {
     let [n, d] = output.dims();
-    let values = output.into_data().try_to_vec::<f32>().unwrap_or_else(|_| vec![f32::NAN; n * d]);
+    let values = output
+        .into_data()
+        .try_to_vec::<f32>()
+        .unwrap_or_else(|_| vec![f32::NAN; n * d]);
     values.chunks_exact(d.max(1)).map(<[f32]>::to_vec).collect()
 }
 
 /// Logits `[no finding, effusion]` of `n` preprocessed `size x size` images laid end to end.
 /// A failed read from the device gives NaN logits, one pair per image, rather than a panic.
-pub fn batch_logits(model: &ResNet, pixels: Vec<f32>, n: usize, size: usize, device: &Device) -> Vec<[f32; 2]> {
+pub fn batch_logits(
+    model: &ResNet,
+    pixels: Vec<f32>,
+    n: usize,
+    size: usize,
+    device: &Device,
+) -> Vec<[f32; 2]> {
     if n == 0 {
         return Vec::new();
     }
-    read_rows(model.forward(batch_input(pixels, n, size, device))).into_iter().map(|r| [r[0], r[1]]).collect()
+    read_rows(model.forward(batch_input(pixels, n, size, device)))
+        .into_iter()
+        .map(|r| [r[0], r[1]])
+        .collect()
 }
 
 /// Pooled last-stage features (the not-a-chest-X-ray gate's input) of `n` preprocessed
 /// images laid end to end, one row per image; NaN rows where the device read fails.
-pub fn batch_features(model: &ResNet, pixels: Vec<f32>, n: usize, size: usize, device: &Device) -> Vec<Vec<f32>> {
+pub fn batch_features(
+    model: &ResNet,
+    pixels: Vec<f32>,
+    n: usize,
+    size: usize,
+    device: &Device,
+) -> Vec<Vec<f32>> {
     if n == 0 {
         return Vec::new();
     }
@@ -203,7 +237,9 @@ mod tests {
     }
 
     fn png(w: u32, h: u32) -> Vec<u8> {
-        let img = DynamicImage::ImageLuma8(ImageBuffer::from_fn(w, h, |x, y| Luma([((x * 7 + y * 3) % 251) as u8])));
+        let img = DynamicImage::ImageLuma8(ImageBuffer::from_fn(w, h, |x, y| {
+            Luma([((x * 7 + y * 3) % 251) as u8])
+        }));
         let mut out = std::io::Cursor::new(Vec::new());
         img.write_to(&mut out, ImageFormat::Png).unwrap();
         out.into_inner()
@@ -228,7 +264,9 @@ mod tests {
         assert_eq!((p.original_width, p.original_height), (50, 40));
         assert!((p.probability - effusion_probability(p.logits)).abs() < 1e-6);
         let batch = c.logits(&[&c.preprocess(&png(50, 40)).unwrap().pixels]);
-        assert!((batch[0][0] - p.logits[0]).abs() < 1e-4 && (batch[0][1] - p.logits[1]).abs() < 1e-4);
+        assert!(
+            (batch[0][0] - p.logits[0]).abs() < 1e-4 && (batch[0][1] - p.logits[1]).abs() < 1e-4
+        );
     }
 
     #[test]
@@ -236,6 +274,9 @@ mod tests {
         let c = tiny_classifier(32);
         let err = c.classify(b"").unwrap_err();
         assert_eq!(err.code(), "empty");
-        assert_eq!(c.classify(b"definitely not an image").unwrap_err().code(), "unsupported_format");
+        assert_eq!(
+            c.classify(b"definitely not an image").unwrap_err().code(),
+            "unsupported_format"
+        );
     }
 }

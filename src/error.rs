@@ -6,7 +6,9 @@ use thiserror::Error;
 /// Why an image could not be turned into a model input.
 #[derive(Debug, Clone, PartialEq, Error)]
 pub enum ImageError {
-    #[error("The file is empty (0 bytes). Choose a chest X-ray image (DICOM, PNG, JPEG, BMP, TIFF, WebP or GIF).")]
+    #[error(
+        "The file is empty (0 bytes). Choose a chest X-ray image (DICOM, PNG, JPEG, BMP, TIFF, WebP or GIF)."
+    )]
     Empty,
 
     #[error(
@@ -15,16 +17,24 @@ pub enum ImageError {
     )]
     UnsupportedFormat { detected: Option<String> },
 
-    #[error("The image format is known but this kind of image inside it cannot be read ({detail}). Export the X-ray as an 8- or 16-bit greyscale PNG.")]
+    #[error(
+        "The image format is known but this kind of image inside it cannot be read ({detail}). Export the X-ray as an 8- or 16-bit greyscale PNG."
+    )]
     UnsupportedPixels { detail: String },
 
-    #[error("This DICOM file stores its pixels as {syntax}, which this build cannot decode. Export it from your DICOM viewer as uncompressed DICOM or as PNG.")]
+    #[error(
+        "This DICOM file stores its pixels as {syntax}, which this build cannot decode. Export it from your DICOM viewer as uncompressed DICOM or as PNG."
+    )]
     UnsupportedDicom { syntax: String },
 
-    #[error("The file is too large ({megabytes} MB; the limit is {max_megabytes} MB). A chest X-ray is rarely over 50 MB: export it as PNG or JPEG.")]
+    #[error(
+        "The file is too large ({megabytes} MB; the limit is {max_megabytes} MB). A chest X-ray is rarely over 50 MB: export it as PNG or JPEG."
+    )]
     FileTooLarge { megabytes: u64, max_megabytes: u64 },
 
-    #[error("The image file is damaged or incomplete and cannot be decoded ({reason}). Try exporting it again.")]
+    #[error(
+        "The image file is damaged or incomplete and cannot be decoded ({reason}). Try exporting it again."
+    )]
     Corrupt { reason: String },
 
     #[error(
@@ -37,7 +47,9 @@ pub enum ImageError {
         max_megapixels: u32,
     },
 
-    #[error("The image is too large to decode within the memory limit. Downscale it or save it as 8-bit PNG.")]
+    #[error(
+        "The image is too large to decode within the memory limit. Downscale it or save it as 8-bit PNG."
+    )]
     MemoryLimit,
 
     #[error("The image has no pixels (0x0). Choose another file.")]
@@ -46,17 +58,23 @@ pub enum ImageError {
     #[error("The image is blank: every pixel has the same value, so there is nothing to classify.")]
     Blank,
 
-    #[error("The image contains invalid pixel values (NaN or infinity). Export it again as an ordinary 8- or 16-bit image.")]
+    #[error(
+        "The image contains invalid pixel values (NaN or infinity). Export it again as an ordinary 8- or 16-bit image."
+    )]
     NonFinite,
 }
 
 /// Why a weight file could not be read or written.
 #[derive(Debug, Clone, PartialEq, Error)]
 pub enum WeightsError {
-    #[error("This is not a model weight file (bad header). Expected a .cxrw file written by `trainer export`.")]
+    #[error(
+        "This is not a model weight file (bad header). Expected a .cxrw file written by `trainer export`."
+    )]
     BadMagic,
 
-    #[error("The weight file has format version {found}; this build reads version {expected}. Re-export the model with this version of the trainer.")]
+    #[error(
+        "The weight file has format version {found}; this build reads version {expected}. Re-export the model with this version of the trainer."
+    )]
     Version { found: u32, expected: u32 },
 
     #[error("The weight file is truncated or damaged: {0}")]

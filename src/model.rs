@@ -6,8 +6,8 @@ use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::pool::{MaxPool2d, MaxPool2dConfig};
 use burn::nn::{BatchNorm, BatchNormConfig, Linear, LinearConfig, PaddingConfig2d};
 use burn::tensor::module::interpolate;
-use burn::tensor::ops::{InterpolateMode, InterpolateOptions};
 use burn::tensor::ops::PadMode;
+use burn::tensor::ops::{InterpolateMode, InterpolateOptions};
 use burn::tensor::{Device, Slice, Tensor, activation::relu, s};
 use serde::{Deserialize, Serialize};
 
@@ -60,7 +60,9 @@ impl ResNetConfig {
     /// Check that the description can be built.
     pub fn validate(&self) -> Result<(), String> {
         if self.in_channels == 0 || self.stem_width == 0 || self.num_classes < 2 {
-            return Err("in_channels and stem_width must be positive, num_classes at least 2".into());
+            return Err(
+                "in_channels and stem_width must be positive, num_classes at least 2".into(),
+            );
         }
         if self.widths.is_empty() || self.widths.len() != self.depths.len() {
             return Err(format!(
@@ -114,7 +116,8 @@ impl ResNetConfig {
             let stride = if i == 0 { 1 } else { 2 };
             let blocks = (0..depth)
                 .map(|b| {
-                    let block = BasicBlock::new(in_width, width, if b == 0 { stride } else { 1 }, device);
+                    let block =
+                        BasicBlock::new(in_width, width, if b == 0 { stride } else { 1 }, device);
                     in_width = width;
                     block
                 })
@@ -170,7 +173,11 @@ impl ConvKernel {
     /// backward pass through the strided copies made a step no faster: 0.72x to 1.00x in two
     /// runs) and on GPUs (their kernels are tuned for it).
     pub fn for_device(device: &Device) -> Self {
-        if cfg!(not(target_family = "wasm")) && *device == Device::flex() { Self::Columns } else { Self::Burn }
+        if cfg!(not(target_family = "wasm")) && *device == Device::flex() {
+            Self::Columns
+        } else {
+            Self::Burn
+        }
     }
 }
 
@@ -179,7 +186,9 @@ impl ConvKernel {
 fn conv_with(conv: &Conv2d, x: Tensor<4>, kernel: ConvKernel) -> Tensor<4> {
     let [_, _, k, _] = conv.weight.dims();
     match kernel {
-        ConvKernel::Columns if k > 1 && conv.bias.is_none() => conv_columns(x, conv.weight.val(), conv.stride[0], k / 2),
+        ConvKernel::Columns if k > 1 && conv.bias.is_none() => {
+            conv_columns(x, conv.weight.val(), conv.stride[0], k / 2)
+        }
         _ => conv.forward(x),
     }
 }
@@ -189,19 +198,37 @@ fn conv_with(conv: &Conv2d, x: Tensor<4>, kernel: ConvKernel) -> Tensor<4> {
 fn conv_columns(x: Tensor<4>, weight: Tensor<4>, stride: usize, pad: usize) -> Tensor<4> {
     let [b, cin, h, w] = x.dims();
     let [cout, _, k, _] = weight.dims();
-    let (oh, ow) = ((h + 2 * pad - k) / stride + 1, (w + 2 * pad - k) / stride + 1);
-    let padded = if pad > 0 { x.pad([(pad, pad), (pad, pad)], PadMode::Constant(0.0)) } else { x };
-    let span = |start: usize, n: usize| Slice::new(start as isize, Some((start + stride * (n - 1) + 1) as isize), stride as isize);
+    let (oh, ow) = (
+        (h + 2 * pad - k) / stride + 1,
+        (w + 2 * pad - k) / stride + 1,
+    );
+    let padded = if pad > 0 {
+        x.pad([(pad, pad), (pad, pad)], PadMode::Constant(0.0))
+    } else {
+        x
+    };
+    let span = |start: usize, n: usize| {
+        Slice::new(
+            start as isize,
+            Some((start + stride * (n - 1) + 1) as isize),
+            stride as isize,
+        )
+    };
     let mut rows = Vec::with_capacity(k * k);
     for ky in 0..k {
         for kx in 0..k {
-            let view = padded.clone().slice([Slice::full(), Slice::full(), span(ky, oh), span(kx, ow)]);
+            let view =
+                padded
+                    .clone()
+                    .slice([Slice::full(), Slice::full(), span(ky, oh), span(kx, ow)]);
             rows.push(view.reshape([b, cin, 1, oh * ow]));
         }
     }
     // [b, cin, k*k, oh*ow] → rows in the weight's (cin, ky, kx) order.
     let rows = Tensor::cat(rows, 2).reshape([b, cin * k * k, oh * ow]);
-    let filters = weight.reshape([1, cout, cin * k * k]).expand([b, cout, cin * k * k]);
+    let filters = weight
+        .reshape([1, cout, cin * k * k])
+        .expand([b, cout, cin * k * k]);
     filters.matmul(rows).reshape([b, cout, oh, ow])
 }
 
@@ -328,7 +355,8 @@ impl ResNet {
     pub fn cam_weights(&self) -> Tensor<1> {
         let weight = self.head.weight.val(); // [in, out]
         let [c, _] = weight.dims();
-        let diff = weight.clone().slice(s![.., CLASS_EFFUSION]) - weight.slice(s![.., CLASS_NO_FINDING]);
+        let diff =
+            weight.clone().slice(s![.., CLASS_EFFUSION]) - weight.slice(s![.., CLASS_NO_FINDING]);
         diff.reshape([c])
     }
 
@@ -338,7 +366,11 @@ impl ResNet {
         let [b, c, h, w] = features.dims();
         let weights = self.cam_weights().reshape([1, c, 1, 1]);
         let cam = relu((features * weights).sum_dim(1)); // [b, 1, h, w]
-        let max = cam.clone().reshape([b, h * w]).max_dim(1).reshape([b, 1, 1, 1]);
+        let max = cam
+            .clone()
+            .reshape([b, h * w])
+            .max_dim(1)
+            .reshape([b, 1, 1, 1]);
         cam / (max + 1e-12)
     }
 }
@@ -353,15 +385,29 @@ pub struct NamedTensor {
 
 fn named<const D: usize>(name: String, tensor: Tensor<D>) -> NamedTensor {
     let shape = tensor.dims().to_vec();
-    let values = tensor.into_data().convert::<f32>().try_to_vec::<f32>().unwrap_or_default();
-    NamedTensor { name, shape, values }
+    let values = tensor
+        .into_data()
+        .convert::<f32>()
+        .try_to_vec::<f32>()
+        .unwrap_or_default();
+    NamedTensor {
+        name,
+        shape,
+        values,
+    }
 }
 
 fn named_bn(prefix: &str, bn: &BatchNorm, out: &mut Vec<NamedTensor>) {
     out.push(named(format!("{prefix}.weight"), bn.gamma.val()));
     out.push(named(format!("{prefix}.bias"), bn.beta.val()));
-    out.push(named(format!("{prefix}.running_mean"), bn.running_mean.value()));
-    out.push(named(format!("{prefix}.running_var"), bn.running_var.value()));
+    out.push(named(
+        format!("{prefix}.running_mean"),
+        bn.running_mean.value(),
+    ));
+    out.push(named(
+        format!("{prefix}.running_var"),
+        bn.running_var.value(),
+    ));
 }
 
 impl ResNet {
@@ -379,12 +425,18 @@ impl ResNet {
                 out.push(named(format!("{p}.conv2.weight"), block.conv2.weight.val()));
                 named_bn(&format!("{p}.bn2"), &block.bn2, &mut out);
                 if let Some(d) = &block.downsample {
-                    out.push(named(format!("{p}.downsample.0.weight"), d.conv.weight.val()));
+                    out.push(named(
+                        format!("{p}.downsample.0.weight"),
+                        d.conv.weight.val(),
+                    ));
                     named_bn(&format!("{p}.downsample.1"), &d.bn, &mut out);
                 }
             }
         }
-        out.push(named("fc.weight".into(), self.head.weight.val().transpose()));
+        out.push(named(
+            "fc.weight".into(),
+            self.head.weight.val().transpose(),
+        ));
         if let Some(bias) = &self.head.bias {
             out.push(named("fc.bias".into(), bias.val()));
         }
@@ -424,7 +476,12 @@ mod tests {
         assert_eq!(total, model.num_params());
         let names: std::collections::HashSet<_> = tensors.iter().map(|t| t.name.as_str()).collect();
         assert_eq!(names.len(), tensors.len());
-        for name in ["conv1.weight", "layer2.0.downsample.0.weight", "layer4.1.bn2.running_var", "fc.bias"] {
+        for name in [
+            "conv1.weight",
+            "layer2.0.downsample.0.weight",
+            "layer4.1.bn2.running_var",
+            "fc.bias",
+        ] {
             assert!(names.contains(name), "{name}");
         }
         let fc = tensors.iter().find(|t| t.name == "fc.weight").unwrap();
@@ -438,12 +495,26 @@ mod tests {
             let model = arch.init(&device);
             for (b, size) in [(1, 64), (2, 37)] {
                 let x = input(b, size, &device);
-                let conv = model.features_with(x.clone(), ConvKernel::Burn).into_data().try_to_vec::<f32>().unwrap();
-                let cols = model.features_with(x, ConvKernel::Columns).into_data().try_to_vec::<f32>().unwrap();
+                let conv = model
+                    .features_with(x.clone(), ConvKernel::Burn)
+                    .into_data()
+                    .try_to_vec::<f32>()
+                    .unwrap();
+                let cols = model
+                    .features_with(x, ConvKernel::Columns)
+                    .into_data()
+                    .try_to_vec::<f32>()
+                    .unwrap();
                 assert_eq!(conv.len(), cols.len());
                 let scale = conv.iter().fold(0f32, |m, v| m.max(v.abs()));
-                let diff = conv.iter().zip(&cols).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
-                assert!(diff <= 1e-4 * scale.max(1.0), "difference {diff} (scale {scale})");
+                let diff = conv
+                    .iter()
+                    .zip(&cols)
+                    .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+                assert!(
+                    diff <= 1e-4 * scale.max(1.0),
+                    "difference {diff} (scale {scale})"
+                );
             }
         }
     }
@@ -471,7 +542,13 @@ mod tests {
         let features = model.features(x);
         let [b, c, h, w] = features.dims();
         let f = features.to_data().try_to_vec::<f32>().unwrap();
-        let head = model.head.weight.val().into_data().try_to_vec::<f32>().unwrap(); // [c, 2]
+        let head = model
+            .head
+            .weight
+            .val()
+            .into_data()
+            .try_to_vec::<f32>()
+            .unwrap(); // [c, 2]
         let got = model
             .class_activation(features)
             .into_data()
@@ -489,7 +566,10 @@ mod tests {
             for p in 0..h * w {
                 let expected = raw[p] / (max + 1e-12);
                 let actual = got[bi * h * w + p];
-                assert!((expected - actual).abs() < 1e-4, "b{bi} p{p}: {expected} vs {actual}");
+                assert!(
+                    (expected - actual).abs() < 1e-4,
+                    "b{bi} p{p}: {expected} vs {actual}"
+                );
             }
         }
     }
@@ -503,12 +583,29 @@ mod tests {
         let x = input(1, 32, &device);
         let features = model.features(x);
         let [_, c, _, _] = features.dims();
-        let logits = model.classify_features(features.clone()).into_data().try_to_vec::<f32>().unwrap();
-        let raw = (features * model.cam_weights().reshape([1, c, 1, 1])).sum_dim(1).mean();
-        let bias = model.head.bias.as_ref().unwrap().val().into_data().try_to_vec::<f32>().unwrap();
+        let logits = model
+            .classify_features(features.clone())
+            .into_data()
+            .try_to_vec::<f32>()
+            .unwrap();
+        let raw = (features * model.cam_weights().reshape([1, c, 1, 1]))
+            .sum_dim(1)
+            .mean();
+        let bias = model
+            .head
+            .bias
+            .as_ref()
+            .unwrap()
+            .val()
+            .into_data()
+            .try_to_vec::<f32>()
+            .unwrap();
         let raw: f32 = raw.into_scalar();
         let diff = logits[1] - logits[0];
-        assert!((raw + bias[1] - bias[0] - diff).abs() < 1e-4, "{raw} vs {diff}");
+        assert!(
+            (raw + bias[1] - bias[0] - diff).abs() < 1e-4,
+            "{raw} vs {diff}"
+        );
     }
 
     #[test]

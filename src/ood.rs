@@ -50,7 +50,11 @@ impl OodGate {
         }
         let mut cov = vec![0f64; d * d];
         for f in features {
-            let c: Vec<f64> = f.iter().zip(&mean).map(|(&v, m)| f64::from(v) - m).collect();
+            let c: Vec<f64> = f
+                .iter()
+                .zip(&mean)
+                .map(|(&v, m)| f64::from(v) - m)
+                .collect();
             for i in 0..d {
                 for j in 0..=i {
                     cov[i * d + j] += c[i] * c[j] / (n - 1) as f64;
@@ -92,11 +96,19 @@ impl OodGate {
         if features.len() != d || self.whitening.len() != d * d {
             return f32::NAN;
         }
-        let centred: Vec<f64> = features.iter().zip(&self.mean).map(|(&v, &m)| f64::from(v) - f64::from(m)).collect();
+        let centred: Vec<f64> = features
+            .iter()
+            .zip(&self.mean)
+            .map(|(&v, &m)| f64::from(v) - f64::from(m))
+            .collect();
         let mut sum = 0f64;
         for i in 0..d {
             let row = &self.whitening[i * d..i * d + i + 1];
-            let z: f64 = row.iter().zip(&centred).map(|(&w, &c)| f64::from(w) * c).sum();
+            let z: f64 = row
+                .iter()
+                .zip(&centred)
+                .map(|(&w, &c)| f64::from(w) * c)
+                .sum();
             sum += z * z;
         }
         sum.sqrt() as f32
@@ -152,10 +164,14 @@ mod tests {
     fn normals(n: usize, seed: u64) -> Vec<f64> {
         let mut state = seed;
         let mut uniform = || {
-            state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             ((state >> 11) as f64 + 0.5) / (1u64 << 53) as f64
         };
-        (0..n).map(|_| (-2.0 * uniform().ln()).sqrt() * (std::f64::consts::TAU * uniform()).cos()).collect()
+        (0..n)
+            .map(|_| (-2.0 * uniform().ln()).sqrt() * (std::f64::consts::TAU * uniform()).cos())
+            .collect()
     }
 
     #[test]
@@ -178,7 +194,10 @@ mod tests {
     fn correlated_directions_are_measured_in_their_own_units() {
         // Strongly correlated 2-D data: a step along the correlation is near, across it is far.
         let z = normals(2000, 7);
-        let pts: Vec<Vec<f32>> = z.chunks(2).map(|c| vec![c[0] as f32, (c[0] + 0.1 * c[1]) as f32]).collect();
+        let pts: Vec<Vec<f32>> = z
+            .chunks(2)
+            .map(|c| vec![c[0] as f32, (c[0] + 0.1 * c[1]) as f32])
+            .collect();
         let gate = OodGate::fit(&pts, 0.0, 0.99).unwrap();
         assert!(gate.distance(&[2.0, 2.0]) < 3.0);
         assert!(gate.distance(&[2.0, -2.0]) > 20.0);
@@ -187,14 +206,23 @@ mod tests {
     #[test]
     fn threshold_keeps_the_quantile_and_flags_far_points() {
         let z = normals(8 * 500, 3);
-        let pts: Vec<Vec<f32>> = z.chunks(8).map(|c| c.iter().map(|&v| v as f32).collect()).collect();
+        let pts: Vec<Vec<f32>> = z
+            .chunks(8)
+            .map(|c| c.iter().map(|&v| v as f32).collect())
+            .collect();
         let gate = OodGate::fit(&pts, 0.1, 0.95).unwrap();
         let flagged = pts.iter().filter(|p| gate.flags(p)).count();
-        assert!((20..=30).contains(&flagged), "{flagged} of 500 flagged at the 95 % quantile");
+        assert!(
+            (20..=30).contains(&flagged),
+            "{flagged} of 500 flagged at the 95 % quantile"
+        );
         assert!(gate.flags(&[10.0; 8]));
         assert!(gate.flags(&[f32::NAN; 8]));
         // Unseen points from the same distribution are mostly kept.
-        let fresh: Vec<Vec<f32>> = normals(8 * 500, 99).chunks(8).map(|c| c.iter().map(|&v| v as f32).collect()).collect();
+        let fresh: Vec<Vec<f32>> = normals(8 * 500, 99)
+            .chunks(8)
+            .map(|c| c.iter().map(|&v| v as f32).collect())
+            .collect();
         let flagged = fresh.iter().filter(|p| gate.flags(p)).count();
         assert!(flagged < 60, "{flagged} of 500 fresh points flagged");
     }

@@ -96,7 +96,11 @@ pub struct DecodeLimits {
 
 impl DecodeLimits {
     /// The limits of the product: [`MAX_SIDE`], [`MAX_PIXELS`], [`MAX_DECODE_BYTES`].
-    pub const DEFAULT: DecodeLimits = DecodeLimits { max_side: MAX_SIDE, max_pixels: MAX_PIXELS, max_alloc: MAX_DECODE_BYTES };
+    pub const DEFAULT: DecodeLimits = DecodeLimits {
+        max_side: MAX_SIDE,
+        max_pixels: MAX_PIXELS,
+        max_alloc: MAX_DECODE_BYTES,
+    };
 }
 
 /// Decode any supported image file into f32 luminance.
@@ -156,9 +160,13 @@ pub fn decode_with_limits(bytes: &[u8], caps: &DecodeLimits) -> Result<LumaImage
     // A last line only: a decoder panic (fuzzing found one in zune-jpeg, fixed in vendor/) is
     // reported natively as a damaged file; in the browser (panic = abort) the page restarts its
     // model worker instead. The fuzz regressions count a caught panic as a failure.
-    let decoded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| DynamicImage::from_decoder(decoder)));
+    let decoded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        DynamicImage::from_decoder(decoder)
+    }));
     let mut image = decoded
-        .map_err(|_| ImageError::Corrupt { reason: "the decoder failed on malformed data".into() })?
+        .map_err(|_| ImageError::Corrupt {
+            reason: "the decoder failed on malformed data".into(),
+        })?
         .map_err(map_image_error)?;
     if let Some(orientation) = orientation {
         image.apply_orientation(orientation);
@@ -185,10 +193,12 @@ pub fn check_file_size(len: u64) -> Result<(), ImageError> {
 /// 64-bit, signed): first page, first sample, as f32. WhiteIsZero files are inverted so that
 /// bone is bright, as in every other format.
 fn decode_grey_tiff(bytes: &[u8], caps: &DecodeLimits) -> Result<LumaImage, ImageError> {
+    use tiff::ColorType;
     use tiff::decoder::{Decoder, DecodingResult};
     use tiff::tags::Tag;
-    use tiff::ColorType;
-    let corrupt = |e: tiff::TiffError| ImageError::Corrupt { reason: e.to_string() };
+    let corrupt = |e: tiff::TiffError| ImageError::Corrupt {
+        reason: e.to_string(),
+    };
     let mut decoder = Decoder::new(Cursor::new(bytes)).map_err(corrupt)?;
     let (width, height) = decoder.dimensions().map_err(corrupt)?;
     check_dimensions(width, height, caps)?;
@@ -222,11 +232,18 @@ fn decode_grey_tiff(bytes: &[u8], caps: &DecodeLimits) -> Result<LumaImage, Imag
     let count = width as usize * height as usize;
     if pixels.len() < count {
         return Err(ImageError::Corrupt {
-            reason: format!("the TIFF holds {} samples for {width}x{height} pixels", pixels.len()),
+            reason: format!(
+                "the TIFF holds {} samples for {width}x{height} pixels",
+                pixels.len()
+            ),
         });
     }
     let channels = pixels.len() / count;
-    let mut grey: Vec<f32> = pixels.chunks_exact(channels).take(count).map(|p| p[0]).collect();
+    let mut grey: Vec<f32> = pixels
+        .chunks_exact(channels)
+        .take(count)
+        .map(|p| p[0])
+        .collect();
     if white_is_zero {
         grey.iter_mut().for_each(|p| *p = -*p);
     }
@@ -244,11 +261,18 @@ fn has_jpeg_end(bytes: &[u8]) -> bool {
     tail.windows(2).any(|w| w == [0xFF, 0xD9])
 }
 
-pub(crate) fn check_dimensions(width: u32, height: u32, caps: &DecodeLimits) -> Result<(), ImageError> {
+pub(crate) fn check_dimensions(
+    width: u32,
+    height: u32,
+    caps: &DecodeLimits,
+) -> Result<(), ImageError> {
     if width == 0 || height == 0 {
         return Err(ImageError::NoPixels);
     }
-    if width > caps.max_side || height > caps.max_side || u64::from(width) * u64::from(height) > caps.max_pixels {
+    if width > caps.max_side
+        || height > caps.max_side
+        || u64::from(width) * u64::from(height) > caps.max_pixels
+    {
         return Err(too_large(width.into(), height.into(), caps));
     }
     Ok(())
@@ -402,7 +426,11 @@ fn taps(input: usize, output: usize) -> Vec<Taps> {
 /// Resize a row-major f32 image to `out_w x out_h` with a separable, antialiased triangle
 /// filter. Weights are non-negative and sum to one, so `[0, 1]` input stays in `[0, 1]`.
 pub fn resize(pixels: &[f32], width: usize, height: usize, out_w: usize, out_h: usize) -> Vec<f32> {
-    assert_eq!(pixels.len(), width * height, "pixel buffer does not match its size");
+    assert_eq!(
+        pixels.len(),
+        width * height,
+        "pixel buffer does not match its size"
+    );
     let x_taps = taps(width, out_w);
     let y_taps = taps(height, out_h);
     // Vertical pass first: out_h rows of the full width.
@@ -449,7 +477,11 @@ mod tests {
         move |x, y| {
             let g = (x as f32 / w as f32) * 0.5 + (y as f32 / h as f32) * 0.2;
             let (dx, dy) = (x as f32 - w as f32 * 0.3, y as f32 - h as f32 * 0.6);
-            let disc = if dx * dx + dy * dy < (w as f32 * 0.15).powi(2) { 0.3 } else { 0.0 };
+            let disc = if dx * dx + dy * dy < (w as f32 * 0.15).powi(2) {
+                0.3
+            } else {
+                0.0
+            };
             g + disc
         }
     }
@@ -484,9 +516,8 @@ mod tests {
     #[test]
     fn sixteen_bit_precision_is_kept() {
         // Values that differ only below 8-bit resolution must stay distinct.
-        let img = DynamicImage::ImageLuma16(ImageBuffer::from_fn(4, 1, |x, _| {
-            Luma([1000 + x as u16])
-        }));
+        let img =
+            DynamicImage::ImageLuma16(ImageBuffer::from_fn(4, 1, |x, _| Luma([1000 + x as u16])));
         let luma = decode(&encode(img, ImageFormat::Png)).unwrap();
         assert_eq!(luma.pixels, vec![1000.0, 1001.0, 1002.0, 1003.0]);
         let n = min_max_normalize(&luma.pixels).unwrap();
@@ -532,7 +563,11 @@ mod tests {
         ] {
             let p = preprocess(&encode(image, format), 16)
                 .unwrap_or_else(|e| panic!("{format:?}: {e}"));
-            assert_eq!((p.original_width, p.original_height), (64, 48), "{format:?}");
+            assert_eq!(
+                (p.original_width, p.original_height),
+                (64, 48),
+                "{format:?}"
+            );
             assert_eq!(p.pixels.len(), 16 * 16);
         }
     }
@@ -547,7 +582,11 @@ mod tests {
         assert_eq!(p.pixels.len(), 40 * 40);
         // 20/400 of the width = 2 columns, 20/100 of the height = 8 rows (stretch, no crop).
         assert!(p.pixels[0] > 0.9, "corner lost: {}", p.pixels[0]);
-        assert!(p.pixels[5 * 40] > 0.9, "stretch rule: row 5 col 0 = {}", p.pixels[5 * 40]);
+        assert!(
+            p.pixels[5 * 40] > 0.9,
+            "stretch rule: row 5 col 0 = {}",
+            p.pixels[5 * 40]
+        );
         assert!(p.pixels[12 * 40] < 0.05);
         assert!(p.pixels[5] < 0.05);
     }
@@ -590,7 +629,10 @@ mod tests {
     #[test]
     fn text_pdf_and_dicom_are_named() {
         let err = preprocess(b"hello, this is not an image\n", 8).unwrap_err();
-        assert!(matches!(&err, ImageError::UnsupportedFormat { detected: Some(d) } if d.contains("text")), "{err}");
+        assert!(
+            matches!(&err, ImageError::UnsupportedFormat { detected: Some(d) } if d.contains("text")),
+            "{err}"
+        );
         let err = preprocess(b"%PDF-1.7\n%\xe2\xe3\xcf\xd3\n1 0 obj", 8).unwrap_err();
         assert!(err.to_string().contains("PDF"), "{err}");
         let mut dicom = vec![0u8; 128];
@@ -607,7 +649,10 @@ mod tests {
         for format in [ImageFormat::Png, ImageFormat::Jpeg] {
             let bytes = encode(gray8(200, 200), format);
             let err = preprocess(&bytes[..bytes.len() / 2], 8).unwrap_err();
-            assert!(matches!(err, ImageError::Corrupt { .. }), "{format:?}: {err:?}");
+            assert!(
+                matches!(err, ImageError::Corrupt { .. }),
+                "{format:?}: {err:?}"
+            );
         }
     }
 
@@ -644,7 +689,11 @@ mod tests {
         for &b in data {
             crc ^= u32::from(b);
             for _ in 0..8 {
-                crc = if crc & 1 != 0 { (crc >> 1) ^ 0xedb8_8320 } else { crc >> 1 };
+                crc = if crc & 1 != 0 {
+                    (crc >> 1) ^ 0xedb8_8320
+                } else {
+                    crc >> 1
+                };
             }
         }
         !crc
@@ -659,27 +708,43 @@ mod tests {
         );
         // Within the side limit but over the pixel budget.
         let err = preprocess(&png_claiming(16_000, 16_000), 8).unwrap_err();
-        assert!(matches!(err, ImageError::TooLarge { width: 16_000, .. }), "{err:?}");
+        assert!(
+            matches!(err, ImageError::TooLarge { width: 16_000, .. }),
+            "{err:?}"
+        );
     }
 
     #[test]
     fn blank_image_is_refused() {
         let img = DynamicImage::ImageLuma8(ImageBuffer::from_pixel(50, 50, Luma([77])));
-        assert_eq!(preprocess(&encode(img, ImageFormat::Png), 8), Err(ImageError::Blank));
+        assert_eq!(
+            preprocess(&encode(img, ImageFormat::Png), 8),
+            Err(ImageError::Blank)
+        );
         let one = DynamicImage::ImageLuma8(ImageBuffer::from_pixel(1, 1, Luma([3])));
-        assert_eq!(preprocess(&encode(one, ImageFormat::Png), 8), Err(ImageError::Blank));
+        assert_eq!(
+            preprocess(&encode(one, ImageFormat::Png), 8),
+            Err(ImageError::Blank)
+        );
     }
 
     #[test]
     fn non_finite_values_are_refused() {
-        assert_eq!(min_max_normalize(&[0.0, f32::NAN, 1.0]), Err(ImageError::NonFinite));
-        assert_eq!(min_max_normalize(&[0.0, f32::INFINITY]), Err(ImageError::NonFinite));
+        assert_eq!(
+            min_max_normalize(&[0.0, f32::NAN, 1.0]),
+            Err(ImageError::NonFinite)
+        );
+        assert_eq!(
+            min_max_normalize(&[0.0, f32::INFINITY]),
+            Err(ImageError::NonFinite)
+        );
         assert_eq!(min_max_normalize(&[]), Err(ImageError::NoPixels));
     }
 
     #[test]
     fn tiny_but_valid_images_are_classified() {
-        let img = DynamicImage::ImageLuma8(ImageBuffer::from_fn(2, 1, |x, _| Luma([x as u8 * 200])));
+        let img =
+            DynamicImage::ImageLuma8(ImageBuffer::from_fn(2, 1, |x, _| Luma([x as u8 * 200])));
         let p = preprocess(&encode(img, ImageFormat::Png), 16).unwrap();
         assert_eq!(p.pixels.len(), 256);
         assert!(p.pixels[0] < 0.2 && p.pixels[15] > 0.8);
@@ -697,7 +762,10 @@ mod tests {
             ImageError::Blank,
             ImageError::NonFinite,
             ImageError::UnsupportedPixels { detail: "x".into() },
-            ImageError::FileTooLarge { megabytes: 900, max_megabytes: 512 },
+            ImageError::FileTooLarge {
+                megabytes: 900,
+                max_megabytes: 512,
+            },
         ] {
             let msg = e.to_string();
             assert!(msg.len() > 30 && msg.ends_with('.'), "{msg}");
@@ -705,21 +773,36 @@ mod tests {
     }
 
     fn float_tiff(w: u32, h: u32, pixels: &[f32]) -> Vec<u8> {
-        use tiff::encoder::{colortype::Gray32Float, TiffEncoder};
+        use tiff::encoder::{TiffEncoder, colortype::Gray32Float};
         let mut out = Cursor::new(Vec::new());
-        TiffEncoder::new(&mut out).unwrap().write_image::<Gray32Float>(w, h, pixels).unwrap();
+        TiffEncoder::new(&mut out)
+            .unwrap()
+            .write_image::<Gray32Float>(w, h, pixels)
+            .unwrap();
         out.into_inner()
     }
 
     #[test]
     fn float_grey_tiff_is_read_like_the_8_bit_image() {
         let f = scene(40, 30);
-        let floats: Vec<f32> = (0..30).flat_map(|y| (0..40).map(move |x| (x, y))).map(|(x, y)| f(x, y) * 3.5 - 1.0).collect();
+        let floats: Vec<f32> = (0..30)
+            .flat_map(|y| (0..40).map(move |x| (x, y)))
+            .map(|(x, y)| f(x, y) * 3.5 - 1.0)
+            .collect();
         let decoded = decode(&float_tiff(40, 30, &floats)).unwrap();
         assert_eq!((decoded.width, decoded.height), (40, 30));
         let a = min_max_normalize(&decoded.pixels).unwrap();
-        let b = min_max_normalize(&decode(&encode(gray8(40, 30), ImageFormat::Png)).unwrap().pixels).unwrap();
-        let worst = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max);
+        let b = min_max_normalize(
+            &decode(&encode(gray8(40, 30), ImageFormat::Png))
+                .unwrap()
+                .pixels,
+        )
+        .unwrap();
+        let worst = a
+            .iter()
+            .zip(&b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0, f32::max);
         assert!(worst < 0.01, "float TIFF differs from 8-bit by {worst}");
     }
 
@@ -735,6 +818,9 @@ mod tests {
     #[test]
     fn files_over_the_size_limit_are_refused_before_decoding() {
         assert!(check_file_size(MAX_FILE_BYTES).is_ok());
-        assert!(matches!(check_file_size(MAX_FILE_BYTES + 1), Err(ImageError::FileTooLarge { .. })));
+        assert!(matches!(
+            check_file_size(MAX_FILE_BYTES + 1),
+            Err(ImageError::FileTooLarge { .. })
+        ));
     }
 }

@@ -15,8 +15,16 @@ const STOPS: [(f32, [f32; 3]); 6] = [
 
 /// Colour of a CAM value in `[0, 1]` (values outside are clamped).
 pub fn colormap(value: f32) -> [u8; 3] {
-    let v = if value.is_finite() { value.clamp(0.0, 1.0) } else { 0.0 };
-    let i = STOPS.iter().position(|(p, _)| *p >= v).unwrap_or(STOPS.len() - 1).max(1);
+    let v = if value.is_finite() {
+        value.clamp(0.0, 1.0)
+    } else {
+        0.0
+    };
+    let i = STOPS
+        .iter()
+        .position(|(p, _)| *p >= v)
+        .unwrap_or(STOPS.len() - 1)
+        .max(1);
     let (p0, c0) = STOPS[i - 1];
     let (p1, c1) = STOPS[i];
     let t = (v - p0) / (p1 - p0);
@@ -64,7 +72,8 @@ mod tests {
 
     #[test]
     fn colormap_runs_from_dark_to_bright() {
-        let luminance = |c: [u8; 3]| 0.299 * c[0] as f32 + 0.587 * c[1] as f32 + 0.114 * c[2] as f32;
+        let luminance =
+            |c: [u8; 3]| 0.299 * c[0] as f32 + 0.587 * c[1] as f32 + 0.114 * c[2] as f32;
         let mut last = -1.0;
         for i in 0..=20 {
             let l = luminance(colormap(i as f32 / 20.0));

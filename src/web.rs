@@ -38,7 +38,11 @@ fn js_error(e: impl std::fmt::Display) -> JsError {
 /// tests can tell the kinds apart without parsing the message.
 fn coded_error(e: CxrError) -> JsValue {
     let error = js_sys::Error::new(&e.to_string());
-    let _ = js_sys::Reflect::set(&error, &JsValue::from_str("code"), &JsValue::from_str(e.code()));
+    let _ = js_sys::Reflect::set(
+        &error,
+        &JsValue::from_str("code"),
+        &JsValue::from_str(e.code()),
+    );
     error.into()
 }
 
@@ -107,11 +111,17 @@ async fn device_for(backend: &str) -> Result<(Device, String), JsError> {
             Ok((device, "webgpu".into()))
         }
         "cpu" => Ok((Device::flex(), "cpu".into())),
-        other => Err(js_error(format!("unknown or unavailable backend `{other}` (use webgpu or cpu)"))),
+        other => Err(js_error(format!(
+            "unknown or unavailable backend `{other}` (use webgpu or cpu)"
+        ))),
     }
 }
 
-async fn run(classifier: &Classifier, bytes: &[u8], backend: &str) -> Result<WebPrediction, CxrError> {
+async fn run(
+    classifier: &Classifier,
+    bytes: &[u8],
+    backend: &str,
+) -> Result<WebPrediction, CxrError> {
     let t0 = now_ms();
     let image = decode(bytes)?;
     let t_decoded = now_ms();
@@ -134,7 +144,11 @@ async fn run(classifier: &Classifier, bytes: &[u8], backend: &str) -> Result<Web
         threshold: prediction.threshold,
         logits: prediction.logits,
         cam_size: prediction.cam_size,
-        cam: prediction.cam.iter().map(|v| (v.clamp(0.0, 1.0) * 255.0).round() as u8).collect(),
+        cam: prediction
+            .cam
+            .iter()
+            .map(|v| (v.clamp(0.0, 1.0) * 255.0).round() as u8)
+            .collect(),
         heatmap,
         original_width: prediction.original_width,
         original_height: prediction.original_height,
@@ -185,7 +199,12 @@ pub async fn init(backend: String) -> Result<JsValue, JsError> {
         original_width: s,
         original_height: s,
     };
-    classifier.run(&warm).logits.into_data_async().await.map_err(|e| js_error(format!("{e:?}")))?;
+    classifier
+        .run(&warm)
+        .logits
+        .into_data_async()
+        .await
+        .map_err(|e| js_error(format!("{e:?}")))?;
     // The page needs the description, not the gate's matrix (its result comes with each image).
     let mut shown = classifier.info().clone();
     shown.ood = None;
@@ -206,7 +225,9 @@ pub async fn init(backend: String) -> Result<JsValue, JsError> {
 #[wasm_bindgen]
 pub async fn classify(bytes: Vec<u8>) -> Result<JsValue, JsValue> {
     let (classifier, backend) = current()?;
-    let prediction = run(&classifier, &bytes, &backend).await.map_err(coded_error)?;
+    let prediction = run(&classifier, &bytes, &backend)
+        .await
+        .map_err(coded_error)?;
     Ok(to_js(&prediction)?)
 }
 
@@ -219,7 +240,11 @@ pub async fn forward_logits(pixels: Vec<f32>, kernel: String) -> Result<Vec<f32>
     let (classifier, _) = current()?;
     let s = classifier.info().input_size;
     if pixels.len() != s * s {
-        return Err(js_error(format!("expected {} values ({s}x{s}), got {}", s * s, pixels.len())));
+        return Err(js_error(format!(
+            "expected {} values ({s}x{s}), got {}",
+            s * s,
+            pixels.len()
+        )));
     }
     let x = Tensor::<4>::from_data(TensorData::new(pixels, [1, 1, s, s]), classifier.device());
     let model = classifier.model();
@@ -228,14 +253,22 @@ pub async fn forward_logits(pixels: Vec<f32>, kernel: String) -> Result<Vec<f32>
         "columns" => ConvKernel::Columns,
         _ => ConvKernel::for_device(classifier.device()),
     };
-    let logits = model.classify_features(model.features_with(x, kernel)).into_data_async().await.map_err(|e| js_error(format!("{e:?}")))?;
-    logits.convert::<f32>().try_to_vec::<f32>().map_err(|e| js_error(format!("{e:?}")))
+    let logits = model
+        .classify_features(model.features_with(x, kernel))
+        .into_data_async()
+        .await
+        .map_err(|e| js_error(format!("{e:?}")))?;
+    logits
+        .convert::<f32>()
+        .try_to_vec::<f32>()
+        .map_err(|e| js_error(format!("{e:?}")))
 }
 
 /// CSV of a batch: `rows` is an array of objects with the fields of [`crate::batch::BatchRow`].
 #[wasm_bindgen]
 pub fn batch_csv(rows: JsValue) -> Result<String, JsError> {
-    let rows: Vec<crate::batch::BatchRow> = serde_wasm_bindgen::from_value(rows).map_err(js_error)?;
+    let rows: Vec<crate::batch::BatchRow> =
+        serde_wasm_bindgen::from_value(rows).map_err(js_error)?;
     Ok(crate::batch::to_csv(&rows))
 }
 

@@ -88,7 +88,8 @@ impl ModelInfo {
         }
         if let Some(gate) = &self.ood {
             let d = self.architecture.feature_width();
-            if gate.mean.len() != d || gate.whitening.len() != d * d || !gate.threshold.is_finite() {
+            if gate.mean.len() != d || gate.whitening.len() != d * d || !gate.threshold.is_finite()
+            {
                 return Err(WeightsError::Config(format!(
                     "the not-a-chest-X-ray gate is for {} features; the architecture has {d}",
                     gate.mean.len()
@@ -183,7 +184,9 @@ fn split(bytes: &[u8]) -> Result<(ModelInfo, &[u8]), WeightsError> {
 pub fn decode(bytes: &[u8], device: &Device) -> Result<(ResNet, ModelInfo), WeightsError> {
     let (info, pack) = split(bytes)?;
     if pack.is_empty() {
-        return Err(WeightsError::Truncated("no parameters after the description".into()));
+        return Err(WeightsError::Truncated(
+            "no parameters after the description".into(),
+        ));
     }
     let record = ModuleRecord::from_bytes(Bytes::from_bytes_vec(pack.to_vec()))
         .map_err(|e| WeightsError::Truncated(e.to_string()))?;
@@ -194,7 +197,11 @@ pub fn decode(bytes: &[u8], device: &Device) -> Result<(ResNet, ModelInfo), Weig
         .try_load_record(record)
         .map_err(|e| WeightsError::Mismatch(e.to_string()))?
         .map(&mut CastTo(DType::F32));
-    let model = if *device == cpu { model } else { model.to_device(device) };
+    let model = if *device == cpu {
+        model
+    } else {
+        model.to_device(device)
+    };
     Ok((model, info))
 }
 
@@ -212,7 +219,8 @@ pub fn save(path: &std::path::Path, model: ResNet, info: &ModelInfo) -> Result<(
 /// Read a weight file.
 #[cfg(not(target_family = "wasm"))]
 pub fn load(path: &std::path::Path, device: &Device) -> Result<(ResNet, ModelInfo), WeightsError> {
-    let bytes = std::fs::read(path).map_err(|e| WeightsError::Io(format!("{}: {e}", path.display())))?;
+    let bytes =
+        std::fs::read(path).map_err(|e| WeightsError::Io(format!("{}: {e}", path.display())))?;
     decode(&bytes, device)
 }
 
@@ -241,7 +249,11 @@ mod tests {
         let device = Device::flex();
         let model = tiny().init(&device);
         let x = Tensor::<4>::random([2, 1, 32, 32], Distribution::Uniform(0.0, 1.0), &device);
-        let before = model.forward(x.clone()).into_data().try_to_vec::<f32>().unwrap();
+        let before = model
+            .forward(x.clone())
+            .into_data()
+            .try_to_vec::<f32>()
+            .unwrap();
         let mut info = ModelInfo::new("tiny", tiny());
         info.threshold = 0.3;
         info.input_size = 32;
@@ -260,11 +272,18 @@ mod tests {
         let model = tiny().init(&device);
         encode(model.clone(), &ModelInfo::new("tiny", tiny())).unwrap();
         let record = model.clone().into_record().into_bytes().unwrap();
-        let reloaded = tiny().init(&device).try_load_record(ModuleRecord::from_bytes(record).unwrap()).unwrap();
+        let reloaded = tiny()
+            .init(&device)
+            .try_load_record(ModuleRecord::from_bytes(record).unwrap())
+            .unwrap();
         let x = Tensor::<4>::random([1, 1, 32, 32], Distribution::Uniform(0.0, 1.0), &device);
         assert_eq!(reloaded.forward(x.clone()).dtype(), DType::F32);
         assert_eq!(
-            reloaded.forward(x.clone()).into_data().try_to_vec::<f32>().unwrap(),
+            reloaded
+                .forward(x.clone())
+                .into_data()
+                .try_to_vec::<f32>()
+                .unwrap(),
             model.forward(x).into_data().try_to_vec::<f32>().unwrap()
         );
     }
@@ -276,7 +295,11 @@ mod tests {
         let params = model.num_params();
         let bytes = encode(model, &ModelInfo::new("tiny", tiny())).unwrap();
         // 2 bytes a parameter plus headers; f32 would need twice as much.
-        assert!(bytes.len() < params * 2 + 16 * 1024, "{} bytes for {params} params", bytes.len());
+        assert!(
+            bytes.len() < params * 2 + 16 * 1024,
+            "{} bytes for {params} params",
+            bytes.len()
+        );
     }
 
     #[test]
@@ -291,24 +314,42 @@ mod tests {
         // A deeper architecture has parameters the file lacks.
         info.architecture.widths = vec![4, 8];
         info.architecture.depths = vec![1, 2];
-        assert!(matches!(decode(&forge(&info, pack), &device), Err(WeightsError::Mismatch(_))));
+        assert!(matches!(
+            decode(&forge(&info, pack), &device),
+            Err(WeightsError::Mismatch(_))
+        ));
     }
 
     #[test]
     fn damaged_files_are_refused() {
         let device = Device::flex();
         let bytes = encode(tiny().init(&device), &ModelInfo::new("tiny", tiny())).unwrap();
-        assert_eq!(decode(b"PNG?", &device).unwrap_err(), WeightsError::BadMagic);
-        assert!(matches!(decode(&bytes[..8], &device), Err(WeightsError::Truncated(_))));
-        assert!(matches!(decode(&bytes[..bytes.len() / 2], &device), Err(WeightsError::Truncated(_))));
+        assert_eq!(
+            decode(b"PNG?", &device).unwrap_err(),
+            WeightsError::BadMagic
+        );
+        assert!(matches!(
+            decode(&bytes[..8], &device),
+            Err(WeightsError::Truncated(_))
+        ));
+        assert!(matches!(
+            decode(&bytes[..bytes.len() / 2], &device),
+            Err(WeightsError::Truncated(_))
+        ));
         let mut v2 = bytes.clone();
         v2[4] = 2;
         assert_eq!(
             decode(&v2, &device).unwrap_err(),
-            WeightsError::Version { found: 2, expected: 1 }
+            WeightsError::Version {
+                found: 2,
+                expected: 1
+            }
         );
         let mut bad_json = bytes.clone();
         bad_json[12] = b'#';
-        assert!(matches!(decode(&bad_json, &device), Err(WeightsError::Config(_))));
+        assert!(matches!(
+            decode(&bad_json, &device),
+            Err(WeightsError::Config(_))
+        ));
     }
 }

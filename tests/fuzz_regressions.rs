@@ -28,7 +28,9 @@ fn count_panics() {
 
 fn replay(target: &str, check: fn(&[u8])) -> usize {
     count_panics();
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/regressions").join(target);
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fuzz/regressions")
+        .join(target);
     let mut count = 0;
     for entry in std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {
         let path = entry.unwrap().path();
@@ -39,11 +41,20 @@ fn replay(target: &str, check: fn(&[u8])) -> usize {
         cxr::alloc_guard::take_largest_allocation();
         let panics_before = PANICS.with(Cell::get);
         check(&bytes);
-        assert_eq!(PANICS.with(Cell::get), panics_before, "{}: panicked (even if caught)", path.display());
+        assert_eq!(
+            PANICS.with(Cell::get),
+            panics_before,
+            "{}: panicked (even if caught)",
+            path.display()
+        );
         // Each kept input once made a decoder allocate far more than the file; none may now
         // (the fuzzed pipeline's own limit is 64 MiB).
         let largest = cxr::alloc_guard::take_largest_allocation();
-        assert!(largest <= 64 << 20, "{}: a {largest}-byte allocation", path.display());
+        assert!(
+            largest <= 64 << 20,
+            "{}: a {largest}-byte allocation",
+            path.display()
+        );
         count += 1;
     }
     count
@@ -64,6 +75,8 @@ fn weights_reader_regressions() {
 #[test]
 fn the_pipeline_check_runs_a_real_image_to_the_end() {
     // Guards the harness itself: a valid X-ray goes through every step without a finding.
-    let bytes = std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/normal0.png")).unwrap();
+    let bytes =
+        std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/normal0.png"))
+            .unwrap();
     pipeline::image_pipeline(&bytes);
 }

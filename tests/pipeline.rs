@@ -7,7 +7,9 @@ use cxr::Classifier;
 use image::{DynamicImage, ImageFormat};
 
 fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
 }
 
 fn encode(image: &DynamicImage, format: ImageFormat) -> Vec<u8> {
@@ -19,12 +21,22 @@ fn encode(image: &DynamicImage, format: ImageFormat) -> Vec<u8> {
 #[test]
 fn fixtures_are_classified_with_a_cam() {
     let classifier = Classifier::embedded(&Device::flex()).unwrap();
-    for name in ["effusion10.png", "effusion101.png", "normal0.png", "normal1.png"] {
-        let p = classifier.classify(&std::fs::read(fixture(name)).unwrap()).unwrap();
+    for name in [
+        "effusion10.png",
+        "effusion101.png",
+        "normal0.png",
+        "normal1.png",
+    ] {
+        let p = classifier
+            .classify(&std::fs::read(fixture(name)).unwrap())
+            .unwrap();
         assert!((0.0..=1.0).contains(&p.probability), "{name}");
         assert_eq!(p.cam.len(), p.cam_size * p.cam_size);
         let max = p.cam.iter().cloned().fold(0f32, f32::max);
-        assert!(max <= 1.0 + 1e-5 && p.cam.iter().all(|v| *v >= -1e-6), "{name}: CAM max {max}");
+        assert!(
+            max <= 1.0 + 1e-5 && p.cam.iter().all(|v| *v >= -1e-6),
+            "{name}: CAM max {max}"
+        );
     }
 }
 
@@ -36,8 +48,15 @@ fn sixteen_bit_rgb_and_eight_bit_versions_agree() {
     let base = classifier.classify(&bytes).unwrap().probability;
     let sixteen = DynamicImage::ImageLuma16(grey.to_luma16());
     let rgb = DynamicImage::ImageRgb8(grey.to_rgb8());
-    for (what, image, format) in [("16-bit PNG", &sixteen, ImageFormat::Png), ("RGB PNG", &rgb, ImageFormat::Png), ("TIFF", &grey, ImageFormat::Tiff)] {
-        let p = classifier.classify(&encode(image, format)).unwrap().probability;
+    for (what, image, format) in [
+        ("16-bit PNG", &sixteen, ImageFormat::Png),
+        ("RGB PNG", &rgb, ImageFormat::Png),
+        ("TIFF", &grey, ImageFormat::Tiff),
+    ] {
+        let p = classifier
+            .classify(&encode(image, format))
+            .unwrap()
+            .probability;
         assert!((p - base).abs() < 0.01, "{what}: {p} vs {base}");
     }
 }
@@ -47,21 +66,50 @@ fn the_recorded_reference_logits_are_reproduced() {
     // `trainer export` recorded the logits of www/sample.png; the page's self-test compares
     // against them, so they must be what this code computes.
     let classifier = Classifier::embedded(&Device::flex()).unwrap();
-    let reference = classifier.info().reference.clone().expect("export records reference logits");
-    let sample = Path::new(env!("CARGO_MANIFEST_DIR")).join("www").join(&reference.sample);
-    let p = classifier.classify(&std::fs::read(sample).unwrap()).unwrap();
+    let reference = classifier
+        .info()
+        .reference
+        .clone()
+        .expect("export records reference logits");
+    let sample = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("www")
+        .join(&reference.sample);
+    let p = classifier
+        .classify(&std::fs::read(sample).unwrap())
+        .unwrap();
     for (a, b) in p.logits.iter().zip(&reference.logits) {
-        assert!((a - b).abs() < 1e-4, "{:?} vs {:?}", p.logits, reference.logits);
+        assert!(
+            (a - b).abs() < 1e-4,
+            "{:?} vs {:?}",
+            p.logits,
+            reference.logits
+        );
     }
 }
 
 #[test]
 fn the_embedded_gate_flags_non_xrays_and_passes_real_xrays() {
     let classifier = Classifier::embedded(&Device::flex()).unwrap();
-    assert!(classifier.info().ood.is_some(), "the shipped model has a not-a-chest-X-ray gate");
-    for name in ["effusion10.png", "effusion101.png", "normal0.png", "normal1.png"] {
-        let p = classifier.classify(&std::fs::read(fixture(name)).unwrap()).unwrap();
-        assert_eq!(p.ood, Some(false), "{name}: distance {:?} > {:?}", p.ood_distance, p.ood_threshold);
+    assert!(
+        classifier.info().ood.is_some(),
+        "the shipped model has a not-a-chest-X-ray gate"
+    );
+    for name in [
+        "effusion10.png",
+        "effusion101.png",
+        "normal0.png",
+        "normal1.png",
+    ] {
+        let p = classifier
+            .classify(&std::fs::read(fixture(name)).unwrap())
+            .unwrap();
+        assert_eq!(
+            p.ood,
+            Some(false),
+            "{name}: distance {:?} > {:?}",
+            p.ood_distance,
+            p.ood_threshold
+        );
     }
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/ood");
     let (mut caught, mut total, mut missed) = (0, 0, Vec::new());
@@ -79,5 +127,8 @@ fn the_embedded_gate_flags_non_xrays_and_passes_real_xrays() {
         }
     }
     // The model card reports the rate on this folder; a regression below 90 % fails here.
-    assert!(total >= 25 && caught * 10 >= total * 9, "caught {caught} of {total}; missed {missed:?}");
+    assert!(
+        total >= 25 && caught * 10 >= total * 9,
+        "caught {caught} of {total}; missed {missed:?}"
+    );
 }

@@ -14,13 +14,23 @@ const SIZE: usize = 32;
 
 /// Smaller size limits than the product's (same code path), so that each execution stays fast:
 /// a header may claim up to 8192² pixels, which is legal but slow to decode millions of times.
-const LIMITS: DecodeLimits = DecodeLimits { max_side: 2048, max_pixels: 1 << 20, max_alloc: 64 << 20 };
+const LIMITS: DecodeLimits = DecodeLimits {
+    max_side: 2048,
+    max_pixels: 1 << 20,
+    max_alloc: 64 << 20,
+};
 
 fn tiny_model() -> &'static (ResNet, Device) {
     static MODEL: OnceLock<(ResNet, Device)> = OnceLock::new();
     MODEL.get_or_init(|| {
         let device = Device::flex();
-        let config = ResNetConfig { in_channels: 1, stem_width: 4, widths: vec![4, 8], depths: vec![1, 1], num_classes: 2 };
+        let config = ResNetConfig {
+            in_channels: 1,
+            stem_width: 4,
+            widths: vec![4, 8],
+            depths: vec![1, 1],
+            num_classes: 2,
+        };
         (config.init(&device), device)
     })
 }
@@ -28,18 +38,28 @@ fn tiny_model() -> &'static (ResNet, Device) {
 /// Raw bytes → decode → preview → min-max → resize → a tiny ResNet forward with CAM. Whatever
 /// the bytes, a typed error or finite outputs in range; a panic is a finding.
 pub fn image_pipeline(bytes: &[u8]) {
-    let Ok(image) = decode_with_limits(bytes, &LIMITS) else { return };
+    let Ok(image) = decode_with_limits(bytes, &LIMITS) else {
+        return;
+    };
     assert_eq!(image.pixels.len(), image.width * image.height);
     let _ = preview(&image, 64);
-    let Ok(input) = preprocess_luma(&image, SIZE) else { return };
+    let Ok(input) = preprocess_luma(&image, SIZE) else {
+        return;
+    };
     assert_eq!(input.pixels.len(), SIZE * SIZE);
-    assert!(input.pixels.iter().all(|p| (0.0..=1.0).contains(p)), "model input outside [0, 1]");
+    assert!(
+        input.pixels.iter().all(|p| (0.0..=1.0).contains(p)),
+        "model input outside [0, 1]"
+    );
     let (model, device) = tiny_model();
     let x = Tensor::<4>::from_data(TensorData::new(input.pixels, [1, 1, SIZE, SIZE]), device);
     let (logits, cam) = model.forward_with_cam(x);
     let logits: Vec<f32> = logits.into_data().try_to_vec::<f32>().expect("f32 logits");
     let cam: Vec<f32> = cam.into_data().try_to_vec::<f32>().expect("f32 CAM");
-    assert!(logits.iter().chain(&cam).all(|v| v.is_finite()), "non-finite model output");
+    assert!(
+        logits.iter().chain(&cam).all(|v| v.is_finite()),
+        "non-finite model output"
+    );
 }
 
 /// Raw bytes → the `.cxrw` weight-file reader: a typed error or a model, never a panic.

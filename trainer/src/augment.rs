@@ -51,7 +51,9 @@ pub fn augment(image: &mut [f32], size: usize, cfg: &AugmentConfig, rng: &mut Rn
         return;
     }
     let flip = rng.chance(0.5);
-    let angle = rng.range(-cfg.max_rotation_deg, cfg.max_rotation_deg).to_radians();
+    let angle = rng
+        .range(-cfg.max_rotation_deg, cfg.max_rotation_deg)
+        .to_radians();
     let zoom = 1.0 + rng.range(-cfg.max_zoom, cfg.max_zoom);
     let tx = rng.range(-cfg.max_translate, cfg.max_translate) * size as f32;
     let ty = rng.range(-cfg.max_translate, cfg.max_translate) * size as f32;
@@ -60,7 +62,11 @@ pub fn augment(image: &mut [f32], size: usize, cfg: &AugmentConfig, rng: &mut Rn
     let contrast = 1.0 + rng.range(-cfg.max_contrast, cfg.max_contrast);
     let brightness = rng.range(-cfg.max_brightness, cfg.max_brightness);
     for v in image.iter_mut() {
-        let noise = if cfg.noise_std > 0.0 { rng.normal() * cfg.noise_std } else { 0.0 };
+        let noise = if cfg.noise_std > 0.0 {
+            rng.normal() * cfg.noise_std
+        } else {
+            0.0
+        };
         *v = ((*v - 0.5) * contrast + 0.5 + brightness + noise).clamp(0.0, 1.0);
     }
 }
@@ -68,7 +74,16 @@ pub fn augment(image: &mut [f32], size: usize, cfg: &AugmentConfig, rng: &mut Rn
 /// Resample `src` into `dst` under flip, rotation about the centre, zoom and translation, with
 /// bilinear interpolation and edge replication.
 #[allow(clippy::too_many_arguments)]
-pub fn affine(src: &[f32], dst: &mut [f32], size: usize, flip: bool, angle: f32, zoom: f32, tx: f32, ty: f32) {
+pub fn affine(
+    src: &[f32],
+    dst: &mut [f32],
+    size: usize,
+    flip: bool,
+    angle: f32,
+    zoom: f32,
+    tx: f32,
+    ty: f32,
+) {
     let c = (size as f32 - 1.0) / 2.0;
     let (sin, cos) = angle.sin_cos();
     let max = size as f32 - 1.0;
@@ -106,7 +121,12 @@ mod tests {
     }
 
     fn argmax(v: &[f32], size: usize) -> (usize, usize) {
-        let i = v.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).unwrap().0;
+        let i = v
+            .iter()
+            .enumerate()
+            .max_by(|a, b| a.1.total_cmp(b.1))
+            .unwrap()
+            .0;
         (i % size, i / size)
     }
 
@@ -160,10 +180,20 @@ mod tests {
             .count();
         assert!((500..700).contains(&changed), "{changed} of 2000 augmented");
         let mut img = base.clone();
-        augment(&mut img, 16, &AugmentConfig::with_strength(0.0, 1.0), &mut rng);
+        augment(
+            &mut img,
+            16,
+            &AugmentConfig::with_strength(0.0, 1.0),
+            &mut rng,
+        );
         assert_eq!(img, base);
         let mut img = base.clone();
-        augment(&mut img, 16, &AugmentConfig::with_strength(1.0, 1.0), &mut rng);
+        augment(
+            &mut img,
+            16,
+            &AugmentConfig::with_strength(1.0, 1.0),
+            &mut rng,
+        );
         assert!(img.iter().all(|v| (0.0..=1.0).contains(v)));
     }
 }

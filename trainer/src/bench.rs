@@ -11,7 +11,7 @@ use burn::module::Module;
 use burn::optim::{AdamWConfig, GradientsParams};
 use burn::tensor::{Device, Distribution, Tensor, TensorData};
 use cxr::classifier::Classifier;
-use cxr::model::{NamedTensor, ResNetConfig, ConvKernel};
+use cxr::model::{ConvKernel, NamedTensor, ResNetConfig};
 use cxr::preprocess::{decode, preprocess_luma};
 use serde_json::json;
 
@@ -36,16 +36,32 @@ fn ms_since(t: Instant) -> f64 {
 /// random `[batch, 1, size, size]` inputs (the trainer's step without data loading), timed after
 /// `warmup` untimed steps; `columns` computes the convolutions as im2col + matmul instead of the
 /// backend's default for training.
-pub fn train_step(width: f64, batch: usize, size: usize, steps: usize, warmup: usize, columns: bool, device: &Device) -> Result<serde_json::Value, String> {
+pub fn train_step(
+    width: f64,
+    batch: usize,
+    size: usize,
+    steps: usize,
+    warmup: usize,
+    columns: bool,
+    device: &Device,
+) -> Result<serde_json::Value, String> {
     let arch = ResNetConfig::resnet18().with_width(width);
     let device = device.clone().autodiff();
-    let kernel = if columns { ConvKernel::Columns } else { ConvKernel::for_device(&device) };
+    let kernel = if columns {
+        ConvKernel::Columns
+    } else {
+        ConvKernel::for_device(&device)
+    };
     let mut model = arch.init(&device);
     let mut optim = AdamWConfig::new().with_weight_decay(1e-4).init();
     let labels: Vec<u8> = (0..batch).map(|i| (i % 2) as u8).collect();
     let mut times = Vec::with_capacity(steps);
     for step in 0..warmup + steps {
-        let x = Tensor::<4>::random([batch, 1, size, size], Distribution::Uniform(0.0, 1.0), &device);
+        let x = Tensor::<4>::random(
+            [batch, 1, size, size],
+            Distribution::Uniform(0.0, 1.0),
+            &device,
+        );
         let started = Instant::now();
         let logits = model.classify_features(model.features_with(x, kernel));
         let l = loss(logits, &labels, LossKind::ClassWeighted, [1.0, 3.0], 1.0);
@@ -68,20 +84,30 @@ pub fn train_step(width: f64, batch: usize, size: usize, steps: usize, warmup: u
 
 /// Single-image latency of the model alone (preprocessed input → logits), and of the product's
 /// path with CAM and features, `runs` times each after one warm-up.
-pub fn inference(classifier: &Classifier, image: &Path, runs: usize) -> Result<serde_json::Value, String> {
+pub fn inference(
+    classifier: &Classifier,
+    image: &Path,
+    runs: usize,
+) -> Result<serde_json::Value, String> {
     let bytes = fs::read(image).map_err(|e| format!("{}: {e}", image.display()))?;
     let t = Instant::now();
     let decoded = decode(&bytes).map_err(|e| e.to_string())?;
     let decode_ms = ms_since(t);
     let t = Instant::now();
-    let input = preprocess_luma(&decoded, classifier.info().input_size).map_err(|e| e.to_string())?;
+    let input =
+        preprocess_luma(&decoded, classifier.info().input_size).map_err(|e| e.to_string())?;
     let preprocess_ms = ms_since(t);
     let model = classifier.model();
     let s = input.size;
     let time_kernel = |kernel: ConvKernel, n: usize| -> Vec<f64> {
         let forward = || {
-            let x = Tensor::<4>::from_data(TensorData::new(input.pixels.clone(), [1, 1, s, s]), classifier.device());
-            model.classify_features(model.features_with(x, kernel)).into_data()
+            let x = Tensor::<4>::from_data(
+                TensorData::new(input.pixels.clone(), [1, 1, s, s]),
+                classifier.device(),
+            );
+            model
+                .classify_features(model.features_with(x, kernel))
+                .into_data()
         };
         let _ = forward();
         (0..n)
@@ -102,7 +128,11 @@ pub fn inference(classifier: &Classifier, image: &Path, runs: usize) -> Result<s
         .map(|_| {
             let t = Instant::now();
             let out = classifier.run(&input);
-            let _ = (out.logits.into_data(), out.cam.into_data(), out.features.into_data());
+            let _ = (
+                out.logits.into_data(),
+                out.cam.into_data(),
+                out.features.into_data(),
+            );
             ms_since(t)
         })
         .collect();
@@ -121,7 +151,12 @@ pub fn inference(classifier: &Classifier, image: &Path, runs: usize) -> Result<s
 /// model's input size, both with burn's `conv2d`, alternating in rounds of 5 so both share the
 /// machine's state; ratios ResNet-50 / web model. Both networks are taken by value: casting
 /// to f16 can reach the parameters a module shares with its clones.
-pub fn resnet50_vs_web(classifier: Classifier, resnet50: ResNet50, runs: usize, f16_out: Option<&Path>) -> Result<serde_json::Value, String> {
+pub fn resnet50_vs_web(
+    classifier: Classifier,
+    resnet50: ResNet50,
+    runs: usize,
+    f16_out: Option<&Path>,
+) -> Result<serde_json::Value, String> {
     let device = classifier.device();
     let s = classifier.info().input_size;
     let web = classifier.model();
@@ -131,7 +166,10 @@ pub fn resnet50_vs_web(classifier: Classifier, resnet50: ResNet50, runs: usize, 
         let _ = f();
         ms_since(t)
     };
-    let web_forward = || web.classify_features(web.features_with(x(), ConvKernel::Burn)).into_data();
+    let web_forward = || {
+        web.classify_features(web.features_with(x(), ConvKernel::Burn))
+            .into_data()
+    };
     let r50_forward = || resnet50.forward(x()).into_data();
     let (_, _) = (web_forward(), r50_forward());
     let (mut web_ms, mut r50_ms) = (Vec::new(), Vec::new());
@@ -139,9 +177,16 @@ pub fn resnet50_vs_web(classifier: Classifier, resnet50: ResNet50, runs: usize, 
         web_ms.extend((0..5).map(|_| time(&web_forward)));
         r50_ms.extend((0..5).map(|_| time(&r50_forward)));
     }
-    let web_bytes = cxr::weights::to_f16(web.clone()).into_record().into_bytes().map_err(|e| format!("{e:?}"))?.len();
+    let web_bytes = cxr::weights::to_f16(web.clone())
+        .into_record()
+        .into_bytes()
+        .map_err(|e| format!("{e:?}"))?
+        .len();
     let r50_params = resnet50.num_params();
-    let r50_record = cxr::weights::to_f16(resnet50).into_record().into_bytes().map_err(|e| format!("{e:?}"))?;
+    let r50_record = cxr::weights::to_f16(resnet50)
+        .into_record()
+        .into_bytes()
+        .map_err(|e| format!("{e:?}"))?;
     if let Some(path) = f16_out {
         fs::write(path, &r50_record[..]).map_err(|e| format!("{}: {e}", path.display()))?;
     }
@@ -161,7 +206,10 @@ pub fn safetensors(tensors: &[NamedTensor]) -> Vec<u8> {
     let mut offset = 0usize;
     for t in tensors {
         let end = offset + 4 * t.values.len();
-        header.insert(t.name.clone(), json!({"dtype": "F32", "shape": t.shape, "data_offsets": [offset, end]}));
+        header.insert(
+            t.name.clone(),
+            json!({"dtype": "F32", "shape": t.shape, "data_offsets": [offset, end]}),
+        );
         offset = end;
     }
     let mut text = serde_json::Value::Object(header).to_string().into_bytes();
@@ -182,7 +230,11 @@ pub fn safetensors(tensors: &[NamedTensor]) -> Vec<u8> {
 /// What a PyTorch reference needs to check it computes what we compute: `model.safetensors`
 /// (torchvision names), `model.json` (architecture, input size), `input.bin` (the preprocessed
 /// `image`, f32 little-endian `[1, 1, s, s]`) and `reference.json` (our logits for it).
-pub fn interop(classifier: &Classifier, image: &Path, out: &Path) -> Result<serde_json::Value, String> {
+pub fn interop(
+    classifier: &Classifier,
+    image: &Path,
+    out: &Path,
+) -> Result<serde_json::Value, String> {
     fs::create_dir_all(out).map_err(|e| format!("{}: {e}", out.display()))?;
     let write = |name: &str, bytes: &[u8]| {
         let path = out.join(name);
@@ -202,7 +254,8 @@ pub fn interop(classifier: &Classifier, image: &Path, out: &Path) -> Result<serd
     let raw: Vec<u8> = input.pixels.iter().flat_map(|v| v.to_le_bytes()).collect();
     write("input.bin", &raw)?;
     let logits = classifier.logits(&[&input.pixels])[0];
-    let reference = json!({"image": image.display().to_string(), "logits": logits, "tensors": tensors.len()});
+    let reference =
+        json!({"image": image.display().to_string(), "logits": logits, "tensors": tensors.len()});
     write("reference.json", reference.to_string().as_bytes())?;
     Ok(reference)
 }
@@ -214,8 +267,16 @@ mod tests {
     #[test]
     fn safetensors_layout_is_header_length_json_then_data() {
         let t = vec![
-            NamedTensor { name: "a".into(), shape: vec![2], values: vec![1.0, -2.0] },
-            NamedTensor { name: "b".into(), shape: vec![1, 1], values: vec![0.5] },
+            NamedTensor {
+                name: "a".into(),
+                shape: vec![2],
+                values: vec![1.0, -2.0],
+            },
+            NamedTensor {
+                name: "b".into(),
+                shape: vec![1, 1],
+                values: vec![0.5],
+            },
         ];
         let bytes = safetensors(&t);
         let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;

@@ -77,7 +77,10 @@ pub fn discover(dir: &Path) -> Result<Dataset, DataError> {
     }
     let csv = dir.join(NIH_CSV);
     let (candidates, layout) = if csv.is_file() {
-        (nih_items(dir, &csv)?, "NIH ChestX-ray14 (Data_Entry_2017.csv)")
+        (
+            nih_items(dir, &csv)?,
+            "NIH ChestX-ray14 (Data_Entry_2017.csv)",
+        )
     } else {
         let missing: Vec<&str> = [POSITIVE_DIR, NEGATIVE_DIR]
             .into_iter()
@@ -147,7 +150,9 @@ fn check_header(path: &Path) -> Result<(), String> {
     use std::io::Read;
     // DICOM: the magic after the preamble is enough here; its header is read at decode time.
     let mut head = [0u8; 132];
-    let n = fs::File::open(path).and_then(|mut f| f.read(&mut head)).map_err(|e| e.to_string())?;
+    let n = fs::File::open(path)
+        .and_then(|mut f| f.read(&mut head))
+        .map_err(|e| e.to_string())?;
     if cxr::dicom::is_dicom(&head[..n]) {
         return Ok(());
     }
@@ -251,7 +256,10 @@ pub fn split(items: &[Item], valid_fraction: f64, seed: u64) -> Result<Split, Da
         // Group by patient; an image without a patient ID is its own group.
         let mut groups: BTreeMap<String, Vec<Item>> = BTreeMap::new();
         for item in items.iter().filter(|i| i.label == label) {
-            let key = item.patient.clone().unwrap_or_else(|| format!("file:{}", item.file));
+            let key = item
+                .patient
+                .clone()
+                .unwrap_or_else(|| format!("file:{}", item.file));
             groups.entry(key).or_default().push(item.clone());
         }
         let mut groups: Vec<Vec<Item>> = groups.into_values().collect();
@@ -277,9 +285,11 @@ pub fn split(items: &[Item], valid_fraction: f64, seed: u64) -> Result<Split, Da
     // A patient with both labels could otherwise sit on both sides: move such groups to train.
     let train_patients: std::collections::HashSet<String> =
         train.iter().filter_map(|i| i.patient.clone()).collect();
-    let (leak, keep): (Vec<Item>, Vec<Item>) = valid
-        .into_iter()
-        .partition(|i| i.patient.as_ref().is_some_and(|p| train_patients.contains(p)));
+    let (leak, keep): (Vec<Item>, Vec<Item>) = valid.into_iter().partition(|i| {
+        i.patient
+            .as_ref()
+            .is_some_and(|p| train_patients.contains(p))
+    });
     train.extend(leak);
     Ok(Split {
         seed,
@@ -301,12 +311,19 @@ pub fn folds(items: &[Item], k: usize, seed: u64) -> Vec<usize> {
     let mut groups: BTreeMap<(u8, String), Vec<usize>> = BTreeMap::new();
     let mut label_of: BTreeMap<String, u8> = BTreeMap::new();
     for (i, item) in items.iter().enumerate() {
-        let key = item.patient.clone().unwrap_or_else(|| format!("file:{}", item.file));
+        let key = item
+            .patient
+            .clone()
+            .unwrap_or_else(|| format!("file:{}", item.file));
         let label = *label_of.entry(key.clone()).or_insert(item.label);
         groups.entry((label, key)).or_default().push(i);
     }
     for label in [0u8, 1u8] {
-        let mut class: Vec<&Vec<usize>> = groups.iter().filter(|((l, _), _)| *l == label).map(|(_, g)| g).collect();
+        let mut class: Vec<&Vec<usize>> = groups
+            .iter()
+            .filter(|((l, _), _)| *l == label)
+            .map(|(_, g)| g)
+            .collect();
         rng.shuffle(&mut class);
         let mut counts = vec![0usize; k];
         for group in class {
@@ -324,8 +341,16 @@ mod tests {
 
     fn items(pos: usize, neg: usize) -> Vec<Item> {
         (0..pos)
-            .map(|i| Item { file: format!("effusion/{i}.png"), label: 1, patient: None })
-            .chain((0..neg).map(|i| Item { file: format!("nofinding/{i}.png"), label: 0, patient: None }))
+            .map(|i| Item {
+                file: format!("effusion/{i}.png"),
+                label: 1,
+                patient: None,
+            })
+            .chain((0..neg).map(|i| Item {
+                file: format!("nofinding/{i}.png"),
+                label: 0,
+                patient: None,
+            }))
             .collect()
     }
 
@@ -340,7 +365,12 @@ mod tests {
             fs::copy(&dicom, dir.join(class).join("b.dicom")).unwrap();
         }
         let data = discover(&dir).unwrap();
-        assert_eq!((data.count(1), data.count(0)), (2, 2), "skipped: {:?}", data.skipped);
+        assert_eq!(
+            (data.count(1), data.count(0)),
+            (2, 2),
+            "skipped: {:?}",
+            data.skipped
+        );
         let _ = fs::remove_dir_all(&dir);
     }
 
@@ -367,13 +397,24 @@ mod tests {
         assert_eq!(f.len(), all.len());
         assert!(f.iter().all(|&x| x < 5));
         for label in [0u8, 1u8] {
-            let counts: Vec<usize> = (0..5).map(|k| all.iter().zip(&f).filter(|&(i, &x)| i.label == label && x == k).count()).collect();
+            let counts: Vec<usize> = (0..5)
+                .map(|k| {
+                    all.iter()
+                        .zip(&f)
+                        .filter(|&(i, &x)| i.label == label && x == k)
+                        .count()
+                })
+                .collect();
             let (lo, hi) = (counts.iter().min().unwrap(), counts.iter().max().unwrap());
             assert!(hi - lo <= 3, "class {label}: {counts:?}");
         }
         for p in 0..10 {
-            let of: std::collections::HashSet<usize> =
-                all.iter().zip(&f).filter(|&(i, _)| i.patient.as_deref() == Some(&format!("p{p}"))).map(|(_, &x)| x).collect();
+            let of: std::collections::HashSet<usize> = all
+                .iter()
+                .zip(&f)
+                .filter(|&(i, _)| i.patient.as_deref() == Some(&format!("p{p}")))
+                .map(|(_, &x)| x)
+                .collect();
             assert_eq!(of.len(), 1, "patient p{p} in folds {of:?}");
         }
         assert_eq!(f, folds(&all, 5, 7), "same seed, same folds");
@@ -387,7 +428,8 @@ mod tests {
             item.patient = Some(format!("p{}", i % 25));
         }
         let s = split(&all, 0.25, 1).unwrap();
-        let train: std::collections::HashSet<_> = s.train.iter().map(|i| i.patient.clone()).collect();
+        let train: std::collections::HashSet<_> =
+            s.train.iter().map(|i| i.patient.clone()).collect();
         assert!(s.valid.iter().all(|i| !train.contains(&i.patient)));
         assert!(!s.valid.is_empty());
     }
@@ -412,7 +454,10 @@ mod tests {
         fs::write(dir.join("effusion/broken.png"), b"not a png").unwrap();
         let err = discover(&dir).unwrap_err();
         assert!(matches!(err, DataError::EmptyClass("effusion")), "{err}");
-        assert!(matches!(discover(&dir.join("nope")), Err(DataError::NoFolder(_))));
+        assert!(matches!(
+            discover(&dir.join("nope")),
+            Err(DataError::NoFolder(_))
+        ));
         fs::remove_dir_all(&dir).unwrap();
     }
 
@@ -422,7 +467,9 @@ mod tests {
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(dir.join("images_001/images")).unwrap();
         let png = {
-            let img = image::DynamicImage::ImageLuma8(image::ImageBuffer::from_fn(4, 4, |x, _| image::Luma([x as u8 * 50])));
+            let img = image::DynamicImage::ImageLuma8(image::ImageBuffer::from_fn(4, 4, |x, _| {
+                image::Luma([x as u8 * 50])
+            }));
             let mut c = std::io::Cursor::new(Vec::new());
             img.write_to(&mut c, image::ImageFormat::Png).unwrap();
             c.into_inner()

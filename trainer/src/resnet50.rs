@@ -32,7 +32,9 @@ impl ConvBn {
             .with_padding(PaddingConfig2d::Explicit(k / 2, k / 2, k / 2, k / 2))
             .with_bias(false)
             .init(device);
-        let bn = BatchNormConfig::new(cout).with_epsilon(BN_EPSILON).init(device);
+        let bn = BatchNormConfig::new(cout)
+            .with_epsilon(BN_EPSILON)
+            .init(device);
         Self { conv, bn }
     }
 
@@ -58,7 +60,8 @@ impl Bottleneck {
             a: ConvBn::new(cin, width, 1, stride, device),
             b: ConvBn::new(width, width, 3, 1, device),
             c: ConvBn::new(width, cout, 1, 1, device),
-            shortcut: (stride != 1 || cin != cout).then(|| ConvBn::new(cin, cout, 1, stride, device)),
+            shortcut: (stride != 1 || cin != cout)
+                .then(|| ConvBn::new(cin, cout, 1, stride, device)),
         }
     }
 
@@ -122,7 +125,12 @@ impl ResNet50 {
             })
             .collect();
         let head = LinearConfig::new(cin, classes).init(device);
-        Self { stem, maxpool, stages, head }
+        Self {
+            stem,
+            maxpool,
+            stages,
+            head,
+        }
     }
 
     /// Last-stage features `[b, 2048, h/32, w/32]`.

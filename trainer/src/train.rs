@@ -106,7 +106,11 @@ fn read_teacher(path: &Path, train: &[Item]) -> Result<TeacherLogits, String> {
     let text = fs::read_to_string(path).map_err(|e| io_err(path, e))?;
     let teacher: TeacherLogits = serde_json::from_str(&text).map_err(|e| io_err(path, e))?;
     if let Some(missing) = train.iter().find(|i| !teacher.contains_key(&i.file)) {
-        return Err(format!("{}: no teacher logits for training file {}", path.display(), missing.file));
+        return Err(format!(
+            "{}: no teacher logits for training file {}",
+            path.display(),
+            missing.file
+        ));
     }
     Ok(teacher)
 }
@@ -117,7 +121,11 @@ fn read_teacher(path: &Path, train: &[Item]) -> Result<TeacherLogits, String> {
 pub fn distillation_loss(student: Tensor<2>, teacher: Tensor<2>, temperature: f32) -> Tensor<1> {
     let target = burn::tensor::activation::softmax(teacher.div_scalar(temperature), 1);
     let log_student = log_softmax(student.div_scalar(temperature), 1);
-    (target * log_student).sum_dim(1).neg().mean().mul_scalar(temperature * temperature)
+    (target * log_student)
+        .sum_dim(1)
+        .neg()
+        .mean()
+        .mul_scalar(temperature * temperature)
 }
 
 fn default_cost() -> f32 {
@@ -178,7 +186,10 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), String> {
         path.extension().and_then(|e| e.to_str()).unwrap_or("")
     ));
     let mut f = fs::File::create(&tmp).map_err(|e| io_err(&tmp, e))?;
-    match std::env::var(SLOW_WRITE_ENV).ok().and_then(|v| v.parse::<u64>().ok()) {
+    match std::env::var(SLOW_WRITE_ENV)
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+    {
         Some(ms) => {
             for piece in bytes.chunks(64 * 1024) {
                 f.write_all(piece).map_err(|e| io_err(&tmp, e))?;
@@ -200,7 +211,8 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), String> {
 /// Check before training that the run folder can be written, so a typo, a read-only place or a
 /// full disk is reported now rather than after the first epoch.
 pub fn check_writable(out: &Path) -> Result<(), String> {
-    fs::create_dir_all(out).map_err(|e| format!("cannot create run folder {}: {e}", out.display()))?;
+    fs::create_dir_all(out)
+        .map_err(|e| format!("cannot create run folder {}: {e}", out.display()))?;
     let probe = out.join(".write-test");
     let result = fs::write(&probe, vec![0u8; 1 << 20]);
     let _ = fs::remove_file(&probe);
@@ -252,7 +264,10 @@ pub fn check_space(out: &Path, params: usize) -> Result<(), String> {
 }
 
 fn checkpoint_paths(out: &Path, epoch: usize) -> (PathBuf, PathBuf) {
-    (out.join(format!("epoch-{epoch}.bpk")), out.join(format!("epoch-{epoch}.optim")))
+    (
+        out.join(format!("epoch-{epoch}.bpk")),
+        out.join(format!("epoch-{epoch}.optim")),
+    )
 }
 
 /// Bring a run folder back to its last committed epoch: drop temporary files and checkpoints of
@@ -271,7 +286,14 @@ fn recover(out: &Path, epoch: usize, metrics_path: &Path) -> Result<(), String> 
         let kept: Vec<&str> = text
             .lines()
             .enumerate()
-            .filter(|(i, line)| *i == 0 || line.split(',').next().and_then(|e| e.parse::<usize>().ok()).is_some_and(|e| e <= epoch))
+            .filter(|(i, line)| {
+                *i == 0
+                    || line
+                        .split(',')
+                        .next()
+                        .and_then(|e| e.parse::<usize>().ok())
+                        .is_some_and(|e| e <= epoch)
+            })
             .map(|(_, line)| line)
             .collect();
         write_atomic(metrics_path, format!("{}\n", kept.join("\n")).as_bytes())?;
@@ -313,12 +335,24 @@ pub fn class_weights(kind: LossKind, train: &[Item], given: Option<[f32; 2]>) ->
 
 /// The training loss for a batch of logits `[b, 2]`. `weights` are the class weights
 /// (class-weighted), `cost` the off-diagonal entry of the cost matrix (cost-matrix).
-pub fn loss(logits: Tensor<2>, labels: &[u8], kind: LossKind, weights: [f32; 2], cost: f32) -> Tensor<1> {
+pub fn loss(
+    logits: Tensor<2>,
+    labels: &[u8],
+    kind: LossKind,
+    weights: [f32; 2],
+    cost: f32,
+) -> Tensor<1> {
     let device = logits.device();
     let b = labels.len();
-    let onehot: Vec<f32> = labels.iter().flat_map(|&l| if l == 1 { [0.0, 1.0] } else { [1.0, 0.0] }).collect();
+    let onehot: Vec<f32> = labels
+        .iter()
+        .flat_map(|&l| if l == 1 { [0.0, 1.0] } else { [1.0, 0.0] })
+        .collect();
     let onehot = Tensor::<2>::from_data(TensorData::new(onehot, [b, 2]), &device);
-    let nll = (log_softmax(logits.clone(), 1) * onehot).sum_dim(1).neg().reshape([b]);
+    let nll = (log_softmax(logits.clone(), 1) * onehot)
+        .sum_dim(1)
+        .neg()
+        .reshape([b]);
     match kind {
         LossKind::Ce => nll.mean(),
         LossKind::ClassWeighted => {
@@ -330,7 +364,10 @@ pub fn loss(logits: Tensor<2>, labels: &[u8], kind: LossKind, weights: [f32; 2],
         LossKind::CostMatrix => {
             // W[true, argmax prediction] = 1 on the diagonal, `cost` off it.
             let y = Tensor::<1>::from_data(
-                TensorData::new(labels.iter().map(|&l| f32::from(l)).collect::<Vec<_>>(), [b]),
+                TensorData::new(
+                    labels.iter().map(|&l| f32::from(l)).collect::<Vec<_>>(),
+                    [b],
+                ),
                 &device,
             );
             let logits = logits.detach();
@@ -363,9 +400,11 @@ fn bar(len: usize, prefix: String, quiet: bool) -> ProgressBar {
     }
     let pb = ProgressBar::new(len as u64);
     pb.set_style(
-        ProgressStyle::with_template("{prefix:>12} [{bar:30}] {pos}/{len} {elapsed_precise} eta {eta} {msg}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar())
-            .progress_chars("=> "),
+        ProgressStyle::with_template(
+            "{prefix:>12} [{bar:30}] {pos}/{len} {elapsed_precise} eta {eta} {msg}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("=> "),
     );
     pb.set_prefix(prefix);
     pb
@@ -381,7 +420,14 @@ pub fn predict_all(
     quiet: bool,
 ) -> (Vec<f32>, Vec<u8>, Vec<String>, f64, Vec<(String, String)>) {
     let failures: Failures = Default::default();
-    let batches = Loader::start(root.to_path_buf(), items.to_vec(), loader, None, 0, failures.clone());
+    let batches = Loader::start(
+        root.to_path_buf(),
+        items.to_vec(),
+        loader,
+        None,
+        0,
+        failures.clone(),
+    );
     let pb = bar(items.len(), "validating".into(), quiet);
     let (mut scores, mut labels, mut files) = (Vec::new(), Vec::new(), Vec::new());
     let mut loss_sum = 0.0;
@@ -405,7 +451,13 @@ pub fn predict_all(
 }
 
 /// Train a model. Returns a summary line; the run folder holds the rest.
-pub fn train(opts: &TrainOptions, out: &Path, base_device: &Device, resume: bool, quiet: bool) -> Result<String, String> {
+pub fn train(
+    opts: &TrainOptions,
+    out: &Path,
+    base_device: &Device,
+    resume: bool,
+    quiet: bool,
+) -> Result<String, String> {
     check_writable(out)?;
     let state_path = out.join("state.json");
     let opts_path = out.join("options.json");
@@ -417,9 +469,15 @@ pub fn train(opts: &TrainOptions, out: &Path, base_device: &Device, resume: bool
         ));
     }
     let opts = if resume {
-        let text = fs::read_to_string(&opts_path)
-            .map_err(|e| format!("{}: {e} (is {} a run folder?)", opts_path.display(), out.display()))?;
-        let mut saved: TrainOptions = serde_json::from_str(&text).map_err(|e| io_err(&opts_path, e))?;
+        let text = fs::read_to_string(&opts_path).map_err(|e| {
+            format!(
+                "{}: {e} (is {} a run folder?)",
+                opts_path.display(),
+                out.display()
+            )
+        })?;
+        let mut saved: TrainOptions =
+            serde_json::from_str(&text).map_err(|e| io_err(&opts_path, e))?;
         if !opts.data.as_os_str().is_empty() {
             saved.data = opts.data.clone();
         }
@@ -442,7 +500,10 @@ pub fn train(opts: &TrainOptions, out: &Path, base_device: &Device, resume: bool
             eprintln!("  skipped {file}: {reason}");
         }
     }
-    write_atomic(&opts_path, &serde_json::to_vec_pretty(&opts).map_err(|e| e.to_string())?)?;
+    write_atomic(
+        &opts_path,
+        &serde_json::to_vec_pretty(&opts).map_err(|e| e.to_string())?,
+    )?;
     let split = prepare_split(&opts, out, &data)?;
     let mut train_items = split.train.clone();
     if let Some(limit) = opts.limit {
@@ -450,7 +511,11 @@ pub fn train(opts: &TrainOptions, out: &Path, base_device: &Device, resume: bool
         train_items.truncate(limit);
     }
     let weights = class_weights(opts.loss, &train_items, opts.class_weights);
-    let teacher = opts.teacher.as_deref().map(|p| read_teacher(p, &train_items)).transpose()?;
+    let teacher = opts
+        .teacher
+        .as_deref()
+        .map(|p| read_teacher(p, &train_items))
+        .transpose()?;
     let pos = train_items.iter().filter(|i| i.label == 1).count();
     if !quiet {
         eprintln!(
@@ -468,8 +533,14 @@ pub fn train(opts: &TrainOptions, out: &Path, base_device: &Device, resume: bool
     arch.validate()?;
     let device = base_device.clone().autodiff();
     let mut model = arch.init(&device);
-    let mut optim = AdamWConfig::new().with_weight_decay(opts.weight_decay).init();
-    let mut state = RunState { epoch: 0, best_auc: f64::NEG_INFINITY, best_epoch: 0 };
+    let mut optim = AdamWConfig::new()
+        .with_weight_decay(opts.weight_decay)
+        .init();
+    let mut state = RunState {
+        epoch: 0,
+        best_auc: f64::NEG_INFINITY,
+        best_epoch: 0,
+    };
     check_space(out, model.num_params())?;
     let metrics_path = out.join("metrics.csv");
     if resume && state_path.is_file() {
@@ -478,17 +549,29 @@ pub fn train(opts: &TrainOptions, out: &Path, base_device: &Device, resume: bool
         recover(out, state.epoch, &metrics_path)?;
         let (weights_path, optim_path) = checkpoint_paths(out, state.epoch);
         let record = ModuleRecord::load(&weights_path).map_err(|e| io_err(&weights_path, e))?;
-        model = model.try_load_record(record).map_err(|e| io_err(&weights_path, e))?;
-        optim = optim.load(&optim_path).map_err(|e| io_err(&optim_path, e))?;
+        model = model
+            .try_load_record(record)
+            .map_err(|e| io_err(&weights_path, e))?;
+        optim = optim
+            .load(&optim_path)
+            .map_err(|e| io_err(&optim_path, e))?;
         if !quiet {
-            eprintln!("resuming after epoch {} (best AUC {:.4} at epoch {})", state.epoch, state.best_auc, state.best_epoch);
+            eprintln!(
+                "resuming after epoch {} (best AUC {:.4} at epoch {})",
+                state.epoch, state.best_auc, state.best_epoch
+            );
         }
     }
     if !quiet {
         eprintln!("model: {:?}, {} parameters", arch, model.num_params());
     }
 
-    let loader = LoaderConfig { batch_size: opts.batch_size, workers: opts.workers, prefetch: 2, size: opts.input_size };
+    let loader = LoaderConfig {
+        batch_size: opts.batch_size,
+        workers: opts.workers,
+        prefetch: 2,
+        size: opts.input_size,
+    };
     let augmentation = AugmentConfig::with_strength(opts.augment_p, opts.augment_strength);
     let steps_per_epoch = train_items.len().div_ceil(opts.batch_size);
     let total_steps = steps_per_epoch * opts.epochs;
@@ -512,11 +595,24 @@ pub fn train(opts: &TrainOptions, out: &Path, base_device: &Device, resume: bool
         }
         let started = Instant::now();
         let mut order = train_items.clone();
-        Rng::new(opts.seed).fork(1000 + epoch as u64).shuffle(&mut order);
+        Rng::new(opts.seed)
+            .fork(1000 + epoch as u64)
+            .shuffle(&mut order);
         let failures: Failures = Default::default();
         let seed = opts.seed.wrapping_mul(31).wrapping_add(epoch as u64);
-        let batches = Loader::start(data.root.clone(), order, &loader, Some(augmentation.clone()), seed, failures.clone());
-        let pb = bar(train_items.len(), format!("epoch {}/{}", epoch + 1, opts.epochs), quiet);
+        let batches = Loader::start(
+            data.root.clone(),
+            order,
+            &loader,
+            Some(augmentation.clone()),
+            seed,
+            failures.clone(),
+        );
+        let pb = bar(
+            train_items.len(),
+            format!("epoch {}/{}", epoch + 1, opts.epochs),
+            quiet,
+        );
         let (mut loss_sum, mut seen) = (0.0f64, 0usize);
         let mut lr = opts.lr;
         for (i, batch) in batches.enumerate() {
@@ -527,7 +623,11 @@ pub fn train(opts: &TrainOptions, out: &Path, base_device: &Device, resume: bool
             let l = loss(logits.clone(), &batch.labels, opts.loss, weights, opts.cost);
             let l = match &teacher {
                 Some(teacher) => {
-                    let targets: Vec<f32> = batch.files.iter().flat_map(|f| teacher.get(f).copied().unwrap_or([0.0, 0.0])).collect();
+                    let targets: Vec<f32> = batch
+                        .files
+                        .iter()
+                        .flat_map(|f| teacher.get(f).copied().unwrap_or([0.0, 0.0]))
+                        .collect();
                     let targets = Tensor::<2>::from_data(TensorData::new(targets, [n, 2]), &device);
                     let soft = distillation_loss(logits, targets, opts.temperature);
                     l.mul_scalar(1.0 - opts.distill_weight) + soft.mul_scalar(opts.distill_weight)
@@ -536,7 +636,10 @@ pub fn train(opts: &TrainOptions, out: &Path, base_device: &Device, resume: bool
             };
             let value: f32 = l.clone().into_scalar();
             if !value.is_finite() {
-                return Err(format!("the loss became {value} at epoch {} step {i}; lower --lr", epoch + 1));
+                return Err(format!(
+                    "the loss became {value} at epoch {} step {i}; lower --lr",
+                    epoch + 1
+                ));
             }
             let grads = GradientsParams::from_grads(l.backward(), &model);
             model = optim.step(lr, model, grads);
@@ -552,8 +655,14 @@ pub fn train(opts: &TrainOptions, out: &Path, base_device: &Device, resume: bool
         }
 
         let eval = model.valid();
-        let (scores, labels, _, valid_loss, _) =
-            predict_all(&eval, &data.root, &split.valid, &loader, &base_device.clone().without_autodiff(), quiet);
+        let (scores, labels, _, valid_loss, _) = predict_all(
+            &eval,
+            &data.root,
+            &split.valid,
+            &loader,
+            &base_device.clone().without_autodiff(),
+            quiet,
+        );
         let report = Report::new(&scores, &labels, 0.5);
         let result = EpochResult {
             epoch: epoch + 1,
@@ -567,8 +676,17 @@ pub fn train(opts: &TrainOptions, out: &Path, base_device: &Device, resume: bool
         let (lo, hi) = result.report.auc_ci95.unwrap_or((f64::NAN, f64::NAN));
         let line = format!(
             "{},{:.5},{:.5},{:.5},{:.5},{:.5},{:.4},{:.4},{:.4},{:.6},{:.1}\n",
-            result.epoch, result.train_loss, valid_loss, auc, lo, hi, result.report.accuracy,
-            result.report.sensitivity, result.report.specificity, lr, result.seconds
+            result.epoch,
+            result.train_loss,
+            valid_loss,
+            auc,
+            lo,
+            hi,
+            result.report.accuracy,
+            result.report.sensitivity,
+            result.report.specificity,
+            lr,
+            result.seconds
         );
         fs::OpenOptions::new()
             .append(true)
@@ -579,15 +697,23 @@ pub fn train(opts: &TrainOptions, out: &Path, base_device: &Device, resume: bool
         if !quiet {
             eprintln!(
                 "epoch {:>3}/{}: train loss {:.4}, valid loss {:.4}, AUC {}, acc {:.3}, sens {:.3}, spec {:.3} (at 0.5), {:.0} s{}",
-                result.epoch, opts.epochs, result.train_loss, valid_loss, result.report.auc_text(),
-                result.report.accuracy, result.report.sensitivity, result.report.specificity, result.seconds,
+                result.epoch,
+                opts.epochs,
+                result.train_loss,
+                valid_loss,
+                result.report.auc_text(),
+                result.report.accuracy,
+                result.report.sensitivity,
+                result.report.specificity,
+                result.seconds,
                 if improved { "  *best*" } else { "" }
             );
         }
         if improved {
             state.best_auc = auc;
             state.best_epoch = epoch + 1;
-            let threshold = metrics::threshold_for_sensitivity(&scores, &labels, opts.target_sensitivity);
+            let threshold =
+                metrics::threshold_for_sensitivity(&scores, &labels, opts.target_sensitivity);
             let at_threshold = Report::new(&scores, &labels, threshold);
             let info = checkpoint_info(&opts, &arch, &result, &at_threshold, &split, &data);
             let bytes = cxr::weights::encode(eval.clone(), &info).map_err(|e| e.to_string())?;
@@ -595,7 +721,10 @@ pub fn train(opts: &TrainOptions, out: &Path, base_device: &Device, resume: bool
             let roc = plots::roc_chart(&metrics::roc(&scores, &labels), at_threshold.auc);
             write_atomic(&out.join("roc.svg"), roc.as_bytes())?;
             let best = serde_json::json!({ "epoch": epoch + 1, "validation": at_threshold, "scores": scores, "labels": labels });
-            write_atomic(&out.join("best.json"), &serde_json::to_vec_pretty(&best).map_err(|e| e.to_string())?)?;
+            write_atomic(
+                &out.join("best.json"),
+                &serde_json::to_vec_pretty(&best).map_err(|e| e.to_string())?,
+            )?;
         }
         // Resume state: this epoch's weights and optimizer under new names, then the state file
         // that names them (the commit), then the previous epoch's files go.
@@ -606,7 +735,10 @@ pub fn train(opts: &TrainOptions, out: &Path, base_device: &Device, resume: bool
         write_atomic(&weights_path, &record)?;
         let optim_bytes = optim.into_bytes().map_err(|e| e.to_string())?;
         write_atomic(&optim_path, &optim_bytes)?;
-        write_atomic(&state_path, &serde_json::to_vec_pretty(&state).map_err(|e| e.to_string())?)?;
+        write_atomic(
+            &state_path,
+            &serde_json::to_vec_pretty(&state).map_err(|e| e.to_string())?,
+        )?;
         if previous > 0 {
             let (old_weights, old_optim) = checkpoint_paths(out, previous);
             let _ = fs::remove_file(old_weights);
@@ -631,14 +763,22 @@ fn read_metrics(path: &Path) -> Vec<(f64, f64, f64, f64)> {
         .lines()
         .skip(1)
         .filter_map(|l| {
-            let v: Vec<f64> = l.split(',').map(|x| x.parse().unwrap_or(f64::NAN)).collect();
+            let v: Vec<f64> = l
+                .split(',')
+                .map(|x| x.parse().unwrap_or(f64::NAN))
+                .collect();
             (v.len() >= 4).then(|| (v[0], v[1], v[2], v[3]))
         })
         .collect()
 }
 
 /// `report.json` and `curves.svg`: the whole run at a glance, rewritten after every epoch.
-fn write_report(out: &Path, opts: &TrainOptions, state: &RunState, stopped_early: bool) -> Result<(), String> {
+fn write_report(
+    out: &Path,
+    opts: &TrainOptions,
+    state: &RunState,
+    stopped_early: bool,
+) -> Result<(), String> {
     let rows = read_metrics(&out.join("metrics.csv"));
     let best: serde_json::Value = fs::read(out.join("best.json"))
         .ok()
@@ -661,19 +801,58 @@ fn write_report(out: &Path, opts: &TrainOptions, state: &RunState, stopped_early
         "checkpoint": "best.cxrw",
         "pictures": ["roc.svg", "curves.svg"],
     });
-    write_atomic(&out.join("report.json"), &serde_json::to_vec_pretty(&report).map_err(|e| e.to_string())?)?;
+    write_atomic(
+        &out.join("report.json"),
+        &serde_json::to_vec_pretty(&report).map_err(|e| e.to_string())?,
+    )?;
     let last = rows.last().map(|r| r.0).unwrap_or(1.0).max(2.0);
-    let max_loss = rows.iter().flat_map(|r| [r.1, r.2]).filter(|v| v.is_finite()).fold(1.0, f64::max);
-    let curves = plots::line_chart("Training curves", "epoch", "loss / AUC", (1.0, last), (0.0, max_loss.min(3.0)), &[
-        plots::Series { name: "train loss", color: "#d92d20", points: rows.iter().map(|r| (r.0, r.1)).collect() },
-        plots::Series { name: "validation loss", color: "#f79009", points: rows.iter().map(|r| (r.0, r.2)).collect() },
-        plots::Series { name: "validation AUC", color: "#2463eb", points: rows.iter().map(|r| (r.0, r.3)).collect() },
-    ]);
+    let max_loss = rows
+        .iter()
+        .flat_map(|r| [r.1, r.2])
+        .filter(|v| v.is_finite())
+        .fold(1.0, f64::max);
+    let curves = plots::line_chart(
+        "Training curves",
+        "epoch",
+        "loss / AUC",
+        (1.0, last),
+        (0.0, max_loss.min(3.0)),
+        &[
+            plots::Series {
+                name: "train loss",
+                color: "#d92d20",
+                points: rows.iter().map(|r| (r.0, r.1)).collect(),
+            },
+            plots::Series {
+                name: "validation loss",
+                color: "#f79009",
+                points: rows.iter().map(|r| (r.0, r.2)).collect(),
+            },
+            plots::Series {
+                name: "validation AUC",
+                color: "#2463eb",
+                points: rows.iter().map(|r| (r.0, r.3)).collect(),
+            },
+        ],
+    );
     write_atomic(&out.join("curves.svg"), curves.as_bytes())
 }
 
-fn checkpoint_info(opts: &TrainOptions, arch: &ResNetConfig, result: &EpochResult, at: &Report, split: &Split, data: &Dataset) -> ModelInfo {
-    let mut info = ModelInfo::new(format!("ResNet-18 layout at width x{} (effusion vs no finding)", opts.width), arch.clone());
+fn checkpoint_info(
+    opts: &TrainOptions,
+    arch: &ResNetConfig,
+    result: &EpochResult,
+    at: &Report,
+    split: &Split,
+    data: &Dataset,
+) -> ModelInfo {
+    let mut info = ModelInfo::new(
+        format!(
+            "ResNet-18 layout at width x{} (effusion vs no finding)",
+            opts.width
+        ),
+        arch.clone(),
+    );
     info.input_size = opts.input_size;
     info.threshold = at.threshold;
     let count = |items: &[Item], l: u8| items.iter().filter(|i| i.label == l).count();
@@ -740,13 +919,20 @@ mod tests {
     #[test]
     fn class_weights_balance_the_classes() {
         let items: Vec<Item> = (0..110)
-            .map(|i| Item { file: i.to_string(), label: u8::from(i < 10), patient: None })
+            .map(|i| Item {
+                file: i.to_string(),
+                label: u8::from(i < 10),
+                patient: None,
+            })
             .collect();
         let w = class_weights(LossKind::ClassWeighted, &items, None);
         // Total weight of each class is equal.
         assert!((w[1] * 10.0 - w[0] * 100.0).abs() < 1e-3);
         assert_eq!(class_weights(LossKind::Ce, &items, None), [1.0, 1.0]);
-        assert_eq!(class_weights(LossKind::ClassWeighted, &items, Some([1.0, 2.0])), [1.0, 2.0]);
+        assert_eq!(
+            class_weights(LossKind::ClassWeighted, &items, Some([1.0, 2.0])),
+            [1.0, 2.0]
+        );
     }
 
     #[test]
@@ -764,15 +950,32 @@ mod tests {
     #[test]
     fn losses_agree_with_hand_computation() {
         let device = Device::flex();
-        let logits = Tensor::<2>::from_data(TensorData::new(vec![2.0f32, 0.0, 0.0, 1.0], [2, 2]), &device);
+        let logits = Tensor::<2>::from_data(
+            TensorData::new(vec![2.0f32, 0.0, 0.0, 1.0], [2, 2]),
+            &device,
+        );
         let labels = [1u8, 1u8];
         let nll0 = -(0f32.exp() / (2f32.exp() + 1.0)).ln(); // wrong prediction
         let nll1 = -(1f32.exp() / (1.0 + 1f32.exp())).ln(); // right prediction
         let ce: f32 = loss(logits.clone(), &labels, LossKind::Ce, [1.0, 1.0], 5.0).into_scalar();
         assert!((ce - (nll0 + nll1) / 2.0).abs() < 1e-5);
-        let cm: f32 = loss(logits.clone(), &labels, LossKind::CostMatrix, [1.0, 1.0], 5.0).into_scalar();
+        let cm: f32 = loss(
+            logits.clone(),
+            &labels,
+            LossKind::CostMatrix,
+            [1.0, 1.0],
+            5.0,
+        )
+        .into_scalar();
         assert!((cm - (5.0 * nll0 + nll1) / 2.0).abs() < 1e-5);
-        let cm3: f32 = loss(logits.clone(), &labels, LossKind::CostMatrix, [1.0, 1.0], 3.0).into_scalar();
+        let cm3: f32 = loss(
+            logits.clone(),
+            &labels,
+            LossKind::CostMatrix,
+            [1.0, 1.0],
+            3.0,
+        )
+        .into_scalar();
         assert!((cm3 - (3.0 * nll0 + nll1) / 2.0).abs() < 1e-5);
         let labels = [0u8, 1u8];
         let nll_a = -(2f32.exp() / (2f32.exp() + 1.0)).ln();
@@ -783,9 +986,16 @@ mod tests {
     #[test]
     fn free_space_rule_counts_two_epochs_of_checkpoints() {
         let full_width = space_needed(11_180_866);
-        assert!((290_000_000..330_000_000).contains(&full_width), "{full_width}");
+        assert!(
+            (290_000_000..330_000_000).contains(&full_width),
+            "{full_width}"
+        );
         let out = Path::new("/runs/x");
-        assert!(space_problem(out, full_width - 1, full_width).unwrap().contains("MB free"));
+        assert!(
+            space_problem(out, full_width - 1, full_width)
+                .unwrap()
+                .contains("MB free")
+        );
         assert_eq!(space_problem(out, full_width, full_width), None);
     }
 
@@ -801,7 +1011,12 @@ mod tests {
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures");
         let mut pixels = Vec::new();
         let mut labels = Vec::new();
-        for (name, label) in [("effusion10.png", 1), ("effusion101.png", 1), ("normal0.png", 0), ("normal1.png", 0)] {
+        for (name, label) in [
+            ("effusion10.png", 1),
+            ("effusion101.png", 1),
+            ("normal0.png", 0),
+            ("normal1.png", 0),
+        ] {
             let bytes = std::fs::read(dir.join(name)).unwrap();
             pixels.extend(cxr::preprocess::preprocess(&bytes, size).unwrap().pixels);
             labels.push(label);
@@ -817,11 +1032,18 @@ mod tests {
         let arch = ResNetConfig::resnet18().with_width(0.125);
         let mut model = arch.init(&device);
         let mut optim = AdamWConfig::new().init();
-        let x = || Tensor::<4>::from_data(TensorData::new(pixels.clone(), [4, 1, size, size]), &device);
+        let x =
+            || Tensor::<4>::from_data(TensorData::new(pixels.clone(), [4, 1, size, size]), &device);
         let mut first = f32::NAN;
         let mut last = f32::NAN;
         for step in 0..40 {
-            let l = loss(model.forward(x()), &labels, LossKind::ClassWeighted, [1.0, 1.0], 5.0);
+            let l = loss(
+                model.forward(x()),
+                &labels,
+                LossKind::ClassWeighted,
+                [1.0, 1.0],
+                5.0,
+            );
             last = l.clone().into_scalar();
             assert!(last.is_finite(), "loss {last} at step {step}");
             if step == 0 {
@@ -830,22 +1052,42 @@ mod tests {
             let grads = GradientsParams::from_grads(l.backward(), &model);
             model = optim.step(3e-3, model, grads);
         }
-        assert!(last < 0.1 && last < first / 4.0, "loss went from {first} to {last}");
+        assert!(
+            last < 0.1 && last < first / 4.0,
+            "loss went from {first} to {last}"
+        );
 
         // The resume checkpoint (f32 burn record) reloads to identical logits; the exported
         // weight file (f16) to the same logits within f16 precision.
         let eval = model.valid();
         let plain = Device::flex();
-        let input = Tensor::<4>::from_data(TensorData::new(pixels.clone(), [4, 1, size, size]), &plain);
-        let before = eval.forward(input.clone()).into_data().try_to_vec::<f32>().unwrap();
-        let record = ModuleRecord::from_bytes(eval.clone().into_record().into_bytes().unwrap()).unwrap();
+        let input =
+            Tensor::<4>::from_data(TensorData::new(pixels.clone(), [4, 1, size, size]), &plain);
+        let before = eval
+            .forward(input.clone())
+            .into_data()
+            .try_to_vec::<f32>()
+            .unwrap();
+        let record =
+            ModuleRecord::from_bytes(eval.clone().into_record().into_bytes().unwrap()).unwrap();
         let reloaded = arch.init(&plain).try_load_record(record).unwrap().valid();
-        assert_eq!(reloaded.forward(input.clone()).into_data().try_to_vec::<f32>().unwrap(), before);
+        assert_eq!(
+            reloaded
+                .forward(input.clone())
+                .into_data()
+                .try_to_vec::<f32>()
+                .unwrap(),
+            before
+        );
         let mut info = ModelInfo::new("test", arch.clone());
         info.input_size = size;
         let bytes = cxr::weights::encode(eval, &info).unwrap();
         let (exported, _) = cxr::weights::decode(&bytes, &plain).unwrap();
-        let after = exported.forward(input).into_data().try_to_vec::<f32>().unwrap();
+        let after = exported
+            .forward(input)
+            .into_data()
+            .try_to_vec::<f32>()
+            .unwrap();
         for (a, b) in before.iter().zip(&after) {
             assert!((a - b).abs() < 0.05 * (1.0 + a.abs()), "{a} vs {b}");
         }

@@ -54,12 +54,32 @@ fn caffe_batch(pixels: Vec<f32>, n: usize, size: usize, device: &Device) -> Tens
     Tensor::<4>::from_data(TensorData::new(pixels, [n, 1, size, size]), device) * 255.0 - mean
 }
 
-fn frozen_outputs(model: &ResNet50, root: &Path, items: &[Item], size: usize, what: Output, device: &Device) -> Result<Outputs, String> {
-    let cfg = LoaderConfig { batch_size: 8, workers: 2, prefetch: 2, size };
+fn frozen_outputs(
+    model: &ResNet50,
+    root: &Path,
+    items: &[Item],
+    size: usize,
+    what: Output,
+    device: &Device,
+) -> Result<Outputs, String> {
+    let cfg = LoaderConfig {
+        batch_size: 8,
+        workers: 2,
+        prefetch: 2,
+        size,
+    };
     let failures: Failures = Default::default();
-    let (mut out, mut labels, mut shape, mut files) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut out, mut labels, mut shape, mut files) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let pb = indicatif::ProgressBar::new(items.len() as u64);
-    for batch in Loader::start(root.to_path_buf(), items.to_vec(), &cfg, None, 0, failures.clone()) {
+    for batch in Loader::start(
+        root.to_path_buf(),
+        items.to_vec(),
+        &cfg,
+        None,
+        0,
+        failures.clone(),
+    ) {
         let n = batch.len();
         let x = caffe_batch(batch.pixels, n, size, device);
         let f = match what {
@@ -71,7 +91,11 @@ fn frozen_outputs(model: &ResNet50, root: &Path, items: &[Item], size: usize, wh
             Output::Res4 => model.features_until(x, 3),
         };
         shape = f.dims()[1..].to_vec();
-        out.extend(f.into_data().try_to_vec::<f32>().map_err(|e| format!("{e:?}"))?);
+        out.extend(
+            f.into_data()
+                .try_to_vec::<f32>()
+                .map_err(|e| format!("{e:?}"))?,
+        );
         labels.extend(batch.labels);
         files.extend(batch.files);
         pb.inc(n as u64);
@@ -90,8 +114,22 @@ pub fn probe(package: &Path, run: &Path) -> Result<serde_json::Value, String> {
     let device = Device::flex();
     let model = imagenet::load(package, 1, 2, &device)?;
     let started = Instant::now();
-    let (train_x, train_y, _, _) = frozen_outputs(&model, &opts.data, &split.train, opts.input_size, Output::Pooled, &device)?;
-    let (valid_x, valid_y, _, _) = frozen_outputs(&model, &opts.data, &split.valid, opts.input_size, Output::Pooled, &device)?;
+    let (train_x, train_y, _, _) = frozen_outputs(
+        &model,
+        &opts.data,
+        &split.train,
+        opts.input_size,
+        Output::Pooled,
+        &device,
+    )?;
+    let (valid_x, valid_y, _, _) = frozen_outputs(
+        &model,
+        &opts.data,
+        &split.valid,
+        opts.input_size,
+        Output::Pooled,
+        &device,
+    )?;
     let extract_s = started.elapsed().as_secs_f64();
     let d = train_x.len() / train_y.len().max(1);
 
@@ -100,13 +138,22 @@ pub fn probe(package: &Path, run: &Path) -> Result<serde_json::Value, String> {
     let mut mean = vec![0f32; d];
     let mut std = vec![0f32; d];
     for row in train_x.chunks_exact(d) {
-        row.iter().zip(&mut mean).for_each(|(v, m)| *m += v / n as f32);
+        row.iter()
+            .zip(&mut mean)
+            .for_each(|(v, m)| *m += v / n as f32);
     }
     for row in train_x.chunks_exact(d) {
-        row.iter().zip(&mean).zip(&mut std).for_each(|((v, m), s)| *s += (v - m).powi(2) / n as f32);
+        row.iter()
+            .zip(&mean)
+            .zip(&mut std)
+            .for_each(|((v, m), s)| *s += (v - m).powi(2) / n as f32);
     }
     std.iter_mut().for_each(|s| *s = s.sqrt().max(1e-6));
-    let standardise = |x: &[f32]| -> Vec<f32> { x.chunks_exact(d).flat_map(|r| r.iter().zip(&mean).zip(&std).map(|((v, m), s)| (v - m) / s)).collect() };
+    let standardise = |x: &[f32]| -> Vec<f32> {
+        x.chunks_exact(d)
+            .flat_map(|r| r.iter().zip(&mean).zip(&std).map(|((v, m), s)| (v - m) / s))
+            .collect()
+    };
 
     let ad = device.clone().autodiff();
     let x = Tensor::<2>::from_data(TensorData::new(standardise(&train_x), [n, d]), &ad);
@@ -114,14 +161,27 @@ pub fn probe(package: &Path, run: &Path) -> Result<serde_json::Value, String> {
     let mut head = LinearConfig::new(d, 2).init(&ad);
     let mut optim = AdamWConfig::new().with_weight_decay(WEIGHT_DECAY).init();
     for _ in 0..STEPS {
-        let l = loss(head.forward(x.clone()), &train_y, LossKind::ClassWeighted, weights, 1.0);
+        let l = loss(
+            head.forward(x.clone()),
+            &train_y,
+            LossKind::ClassWeighted,
+            weights,
+            1.0,
+        );
         let grads = GradientsParams::from_grads(l.backward(), &head);
         head = optim.step(LR, head, grads);
     }
     let head = head.valid();
     let xv = Tensor::<2>::from_data(TensorData::new(standardise(&valid_x), [nv, d]), &device);
-    let logits = head.forward(xv).into_data().try_to_vec::<f32>().map_err(|e| format!("{e:?}"))?;
-    let scores: Vec<f32> = logits.chunks_exact(2).map(|l| cxr::classifier::effusion_probability([l[0], l[1]])).collect();
+    let logits = head
+        .forward(xv)
+        .into_data()
+        .try_to_vec::<f32>()
+        .map_err(|e| format!("{e:?}"))?;
+    let scores: Vec<f32> = logits
+        .chunks_exact(2)
+        .map(|l| cxr::classifier::effusion_probability([l[0], l[1]]))
+        .collect();
     let report = Report::new(&scores, &valid_y, 0.5);
     Ok(serde_json::json!({
         "run": run.display().to_string(), "train_images": n, "valid_images": nv,
@@ -156,7 +216,19 @@ pub struct FinetuneOptions {
 
 impl Default for FinetuneOptions {
     fn default() -> Self {
-        Self { head_epochs: 3, tune_epochs: 9, batch_size: 16, lr_head: 1e-3, lr_backbone: 1e-4, weight_decay: 1e-4, seed: 42, teacher_out: None, folds: 1, augment_p: 0.0, augment_strength: 1.0 }
+        Self {
+            head_epochs: 3,
+            tune_epochs: 9,
+            batch_size: 16,
+            lr_head: 1e-3,
+            lr_backbone: 1e-4,
+            weight_decay: 1e-4,
+            seed: 42,
+            teacher_out: None,
+            folds: 1,
+            augment_p: 0.0,
+            augment_strength: 1.0,
+        }
     }
 }
 
@@ -169,7 +241,8 @@ struct Tail {
 
 impl Tail {
     fn forward(&self, x: Tensor<4>) -> Tensor<2> {
-        self.head.forward(global_average_pool(self.stage.forward(x)))
+        self.head
+            .forward(global_average_pool(self.stage.forward(x)))
     }
 }
 
@@ -182,7 +255,13 @@ struct Cached {
 }
 
 impl Cached {
-    fn compute(frozen: &ResNet50, root: &Path, items: &[Item], size: usize, device: &Device) -> Result<Self, String> {
+    fn compute(
+        frozen: &ResNet50,
+        root: &Path,
+        items: &[Item],
+        size: usize,
+        device: &Device,
+    ) -> Result<Self, String> {
         let (x, y, shape, files) = frozen_outputs(frozen, root, items, size, Output::Res4, device)?;
         let shape = match shape[..] {
             [c, h, w] => [c, h, w],
@@ -199,16 +278,26 @@ impl Cached {
     fn batch(&self, idx: &[usize], device: &Device) -> Tensor<4> {
         let per = self.per();
         let mut xb = Vec::with_capacity(idx.len() * per);
-        idx.iter().for_each(|&i| xb.extend_from_slice(&self.x[i * per..(i + 1) * per]));
+        idx.iter()
+            .for_each(|&i| xb.extend_from_slice(&self.x[i * per..(i + 1) * per]));
         let [c, h, w] = self.shape;
         Tensor::<4>::from_data(TensorData::new(xb, [idx.len(), c, h, w]), device)
     }
 }
 
-fn logits(tail: &Tail, cached: &Cached, idx: &[usize], device: &Device) -> Result<Vec<[f32; 2]>, String> {
+fn logits(
+    tail: &Tail,
+    cached: &Cached,
+    idx: &[usize],
+    device: &Device,
+) -> Result<Vec<[f32; 2]>, String> {
     let mut out = Vec::with_capacity(idx.len());
     for chunk in idx.chunks(32) {
-        let values = tail.forward(cached.batch(chunk, device)).into_data().try_to_vec::<f32>().map_err(|e| format!("{e:?}"))?;
+        let values = tail
+            .forward(cached.batch(chunk, device))
+            .into_data()
+            .try_to_vec::<f32>()
+            .map_err(|e| format!("{e:?}"))?;
         out.extend(values.chunks_exact(2).map(|l| [l[0], l[1]]));
     }
     Ok(out)
@@ -240,8 +329,18 @@ fn tune(
     let ad = device.clone().autodiff();
     let mut full = imagenet::load(package, 1, 2, &ad)?;
     let stage = full.stages.pop().ok_or("no stages")?;
-    let mut tail = Tail { stage: stage.freeze(), head: full.head };
-    let items: Vec<Item> = train_idx.iter().map(|&i| Item { file: train.files[i].clone(), label: train.y[i], patient: None }).collect();
+    let mut tail = Tail {
+        stage: stage.freeze(),
+        head: full.head,
+    };
+    let items: Vec<Item> = train_idx
+        .iter()
+        .map(|&i| Item {
+            file: train.files[i].clone(),
+            label: train.y[i],
+            patient: None,
+        })
+        .collect();
     let weights = class_weights(LossKind::ClassWeighted, &items, None);
     let mut optim_head = AdamWConfig::new().with_weight_decay(o.weight_decay).init();
     let mut optim_stage = AdamWConfig::new().with_weight_decay(o.weight_decay).init();
@@ -259,15 +358,34 @@ fn tune(
         let mut loss_sum = 0.0f64;
         let failures: Failures = Default::default();
         let batches: Box<dyn Iterator<Item = (Tensor<4>, Vec<u8>)>> = match augmented {
-            None => Box::new(order.chunks(o.batch_size).map(|idx| (train.batch(idx, &ad), idx.iter().map(|&i| train.y[i]).collect()))),
+            None => Box::new(order.chunks(o.batch_size).map(|idx| {
+                (
+                    train.batch(idx, &ad),
+                    idx.iter().map(|&i| train.y[i]).collect(),
+                )
+            })),
             Some(a) => {
-                let cfg = LoaderConfig { batch_size: o.batch_size, workers: 2, prefetch: 2, size: a.size };
+                let cfg = LoaderConfig {
+                    batch_size: o.batch_size,
+                    workers: 2,
+                    prefetch: 2,
+                    size: a.size,
+                };
                 let items = order.iter().map(|&i| a.items[i].clone()).collect();
                 let seed = Rng::new(o.seed).fork(1000 + epoch as u64).next_u64();
-                let loader = Loader::start(a.root.to_path_buf(), items, &cfg, Some(a.config.clone()), seed, failures.clone());
+                let loader = Loader::start(
+                    a.root.to_path_buf(),
+                    items,
+                    &cfg,
+                    Some(a.config.clone()),
+                    seed,
+                    failures.clone(),
+                );
                 Box::new(loader.map(|b| {
                     let n = b.len();
-                    let res4 = a.frozen.features_until(caffe_batch(b.pixels, n, a.size, device), 3);
+                    let res4 = a
+                        .frozen
+                        .features_until(caffe_batch(b.pixels, n, a.size, device), 3);
                     (Tensor::<4>::from_data(res4.into_data(), &ad), b.labels)
                 }))
             }
@@ -288,7 +406,10 @@ fn tune(
             return Err(format!("{failed} training image(s) could not be read"));
         }
         let eval = tail.valid();
-        let s: Vec<f32> = logits(&eval, valid, &valid_idx, device)?.into_iter().map(cxr::classifier::effusion_probability).collect();
+        let s: Vec<f32> = logits(&eval, valid, &valid_idx, device)?
+            .into_iter()
+            .map(cxr::classifier::effusion_probability)
+            .collect();
         let report = Report::new(&s, &valid.y, 0.5);
         let auc = report.auc.unwrap_or(f64::NAN);
         let row = serde_json::json!({"epoch": epoch + 1, "res5_trained": tuning, "train_loss": loss_sum / train_idx.len().max(1) as f64,
@@ -326,7 +447,11 @@ fn schedule_json(o: &FinetuneOptions) -> serde_json::Value {
 /// run that did not train on it: out-of-fold targets, as soft as the teacher is on unseen
 /// images, rather than the near-certain ones a network gives the images it memorised. The
 /// report adds the validation AUC of the k runs' mean probability.
-pub fn finetune(package: &Path, run: &Path, o: &FinetuneOptions) -> Result<serde_json::Value, String> {
+pub fn finetune(
+    package: &Path,
+    run: &Path,
+    o: &FinetuneOptions,
+) -> Result<serde_json::Value, String> {
     let (opts, split) = crate::export::read_run(run)?;
     let device = Device::flex();
     let started = Instant::now();
@@ -337,8 +462,18 @@ pub fn finetune(package: &Path, run: &Path, o: &FinetuneOptions) -> Result<serde
     let n = train.y.len();
     let valid_idx: Vec<usize> = (0..valid.y.len()).collect();
     // The training items in the order of the cached outputs, with their patients.
-    let by_file: std::collections::HashMap<&str, &Item> = split.train.iter().map(|i| (i.file.as_str(), i)).collect();
-    let items: Vec<Item> = train.files.iter().map(|f| by_file.get(f.as_str()).map(|i| (*i).clone()).ok_or_else(|| format!("{f}: not in the split"))).collect::<Result<_, _>>()?;
+    let by_file: std::collections::HashMap<&str, &Item> =
+        split.train.iter().map(|i| (i.file.as_str(), i)).collect();
+    let items: Vec<Item> = train
+        .files
+        .iter()
+        .map(|f| {
+            by_file
+                .get(f.as_str())
+                .map(|i| (*i).clone())
+                .ok_or_else(|| format!("{f}: not in the split"))
+        })
+        .collect::<Result<_, _>>()?;
     let augmented = (o.augment_p > 0.0).then(|| Augmented {
         frozen: &frozen,
         root: &opts.data,
@@ -348,10 +483,27 @@ pub fn finetune(package: &Path, run: &Path, o: &FinetuneOptions) -> Result<serde
     });
     if o.folds <= 1 {
         let all: Vec<usize> = (0..n).collect();
-        let (best, epochs) = tune(package, &train, &all, &valid, augmented.as_ref(), o, &device, |eval| match &o.teacher_out {
-            Some(path) => write_teacher(path, &train.files.iter().cloned().zip(logits(eval, &train, &all, &device)?).collect()),
-            None => Ok(()),
-        })?;
+        let (best, epochs) = tune(
+            package,
+            &train,
+            &all,
+            &valid,
+            augmented.as_ref(),
+            o,
+            &device,
+            |eval| match &o.teacher_out {
+                Some(path) => write_teacher(
+                    path,
+                    &train
+                        .files
+                        .iter()
+                        .cloned()
+                        .zip(logits(eval, &train, &all, &device)?)
+                        .collect(),
+                ),
+                None => Ok(()),
+            },
+        )?;
         return Ok(serde_json::json!({
             "run": run.display().to_string(), "best": best, "epochs": epochs, "res4_seconds": extract_s,
             "schedule": schedule_json(o),
@@ -363,13 +515,34 @@ pub fn finetune(package: &Path, run: &Path, o: &FinetuneOptions) -> Result<serde
     let mut runs = Vec::new();
     for k in 0..o.folds {
         let (held, fit): (Vec<usize>, Vec<usize>) = (0..n).partition(|&i| fold[i] == k);
-        eprintln!("fold {}/{}: training on {}, scoring {}", k + 1, o.folds, fit.len(), held.len());
+        eprintln!(
+            "fold {}/{}: training on {}, scoring {}",
+            k + 1,
+            o.folds,
+            fit.len(),
+            held.len()
+        );
         let mut at_best = (Vec::new(), Vec::new());
-        let fold_options = FinetuneOptions { seed: o.seed.wrapping_add(k as u64), ..o.clone() };
-        let (best, epochs) = tune(package, &train, &fit, &valid, augmented.as_ref(), &fold_options, &device, |eval| {
-            at_best = (logits(eval, &train, &held, &device)?, logits(eval, &valid, &valid_idx, &device)?);
-            Ok(())
-        })?;
+        let fold_options = FinetuneOptions {
+            seed: o.seed.wrapping_add(k as u64),
+            ..o.clone()
+        };
+        let (best, epochs) = tune(
+            package,
+            &train,
+            &fit,
+            &valid,
+            augmented.as_ref(),
+            &fold_options,
+            &device,
+            |eval| {
+                at_best = (
+                    logits(eval, &train, &held, &device)?,
+                    logits(eval, &valid, &valid_idx, &device)?,
+                );
+                Ok(())
+            },
+        )?;
         let (held_logits, valid_logits) = at_best;
         for (&i, l) in held.iter().zip(held_logits) {
             teacher.insert(train.files[i].clone(), l);
@@ -379,9 +552,20 @@ pub fn finetune(package: &Path, run: &Path, o: &FinetuneOptions) -> Result<serde
         }
         runs.push(serde_json::json!({"fold": k + 1, "trained_on": fit.len(), "scored": held.len(), "best": best, "epochs": epochs}));
     }
-    let mean: Vec<f32> = valid_sum.iter().map(|s| (s / o.folds as f64) as f32).collect();
+    let mean: Vec<f32> = valid_sum
+        .iter()
+        .map(|s| (s / o.folds as f64) as f32)
+        .collect();
     let ensemble = Report::new(&mean, &valid.y, 0.5);
-    let oof: Vec<f32> = train.files.iter().map(|f| teacher.get(f).map_or(f32::NAN, |&l| cxr::classifier::effusion_probability(l))).collect();
+    let oof: Vec<f32> = train
+        .files
+        .iter()
+        .map(|f| {
+            teacher
+                .get(f)
+                .map_or(f32::NAN, |&l| cxr::classifier::effusion_probability(l))
+        })
+        .collect();
     let oof_report = Report::new(&oof, &train.y, 0.5);
     let uncertain = oof.iter().filter(|p| (0.1..=0.9).contains(*p)).count();
     if let Some(path) = &o.teacher_out {
@@ -398,7 +582,11 @@ pub fn finetune(package: &Path, run: &Path, o: &FinetuneOptions) -> Result<serde
 /// as `train` writes them (the same split for the same data and seed), then [`finetune`] runs on
 /// it: the head alone for the first `min(3, epochs - 1)` epochs, then res5 at a tenth of `lr`.
 /// The report is written to `finetune.json`.
-pub fn train_pretrained(opts: &crate::train::TrainOptions, out: &Path, package: &Path) -> Result<serde_json::Value, String> {
+pub fn train_pretrained(
+    opts: &crate::train::TrainOptions,
+    out: &Path,
+    package: &Path,
+) -> Result<serde_json::Value, String> {
     std::fs::create_dir_all(out).map_err(|e| format!("{}: {e}", out.display()))?;
     let data = crate::data::discover(&opts.data).map_err(|e| e.to_string())?;
     let options = serde_json::to_vec_pretty(opts).map_err(|e| e.to_string())?;

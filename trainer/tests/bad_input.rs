@@ -53,21 +53,38 @@ fn predict(file: &Path) -> Run {
 }
 
 fn row(run: &Run, name: &str) -> serde_json::Value {
-    let rows: serde_json::Value = serde_json::from_str(&run.stdout)
-        .unwrap_or_else(|e| panic!("{name}: output is not JSON ({e}): {} {}", run.stdout, run.stderr));
+    let rows: serde_json::Value = serde_json::from_str(&run.stdout).unwrap_or_else(|e| {
+        panic!(
+            "{name}: output is not JSON ({e}): {} {}",
+            run.stdout, run.stderr
+        )
+    });
     rows[0].clone()
 }
 
 fn assert_clean(run: &Run, name: &str) {
-    assert!(!run.stderr.contains("panicked"), "{name}: panic: {}", run.stderr);
-    assert!(run.seconds < TIME_LIMIT.as_secs_f64(), "{name}: took {:.1} s", run.seconds);
+    assert!(
+        !run.stderr.contains("panicked"),
+        "{name}: panic: {}",
+        run.stderr
+    );
+    assert!(
+        run.seconds < TIME_LIMIT.as_secs_f64(),
+        "{name}: took {:.1} s",
+        run.seconds
+    );
 }
 
 #[test]
 fn every_corpus_file_is_classified_or_refused_clearly() {
     let manifest: Vec<serde_json::Value> =
-        serde_json::from_str(&std::fs::read_to_string(inputs().join("manifest.json")).unwrap()).unwrap();
-    assert!(manifest.len() >= 25, "the corpus has {} kinds", manifest.len());
+        serde_json::from_str(&std::fs::read_to_string(inputs().join("manifest.json")).unwrap())
+            .unwrap();
+    assert!(
+        manifest.len() >= 25,
+        "the corpus has {} kinds",
+        manifest.len()
+    );
     let mut probability = HashMap::new();
     for entry in &manifest {
         let name = entry["file"].as_str().unwrap();
@@ -76,15 +93,31 @@ fn every_corpus_file_is_classified_or_refused_clearly() {
         let row = row(&run, name);
         match entry["expect"].as_str().unwrap() {
             "classify" => {
-                assert_eq!(run.code, Some(0), "{name} ({}) was not classified: {row}", entry["kind"]);
+                assert_eq!(
+                    run.code,
+                    Some(0),
+                    "{name} ({}) was not classified: {row}",
+                    entry["kind"]
+                );
                 let p = row["probability"].as_f64().unwrap();
                 assert!((0.0..=1.0).contains(&p), "{name}: {p}");
                 probability.insert(name.to_string(), p);
             }
             "error" => {
-                assert_eq!(run.code, Some(1), "{name} ({}): {row} {}", entry["kind"], run.stderr);
-                let message = row["error"].as_str().unwrap_or_else(|| panic!("{name}: no error message: {row}"));
-                assert!(message.len() > 40 && message.ends_with('.'), "{name}: message is not a sentence: {message}");
+                assert_eq!(
+                    run.code,
+                    Some(1),
+                    "{name} ({}): {row} {}",
+                    entry["kind"],
+                    run.stderr
+                );
+                let message = row["error"]
+                    .as_str()
+                    .unwrap_or_else(|| panic!("{name}: no error message: {row}"));
+                assert!(
+                    message.len() > 40 && message.ends_with('.'),
+                    "{name}: message is not a sentence: {message}"
+                );
                 if let Some(code) = entry["code"].as_str() {
                     assert_eq!(row["code"].as_str(), Some(code), "{name}: {message}");
                 }
@@ -98,7 +131,10 @@ fn every_corpus_file_is_classified_or_refused_clearly() {
         if let Some(other) = entry["same_as"].as_str() {
             let name = entry["file"].as_str().unwrap();
             let (a, b) = (probability[name], probability[other]);
-            assert!((a - b).abs() < 0.02, "{name} gives {a:.4}, {other} gives {b:.4}");
+            assert!(
+                (a - b).abs() < 0.02,
+                "{name} gives {a:.4}, {other} gives {b:.4}"
+            );
         }
     }
 }
@@ -110,14 +146,24 @@ fn things_that_are_not_image_files_are_refused_without_blocking() {
     std::fs::create_dir_all(dir.join("folder.png")).unwrap();
     std::os::unix::fs::symlink(dir.join("gone.png"), dir.join("broken-link.png")).unwrap();
     let fifo = dir.join("pipe.png");
-    assert!(Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+    assert!(
+        Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap()
+            .success()
+    );
     let cases = [
         (dir.join("folder.png"), "not_a_file", "folder"),
         (dir.join("missing.png"), "not_found", "no such file"),
         (dir.join("broken-link.png"), "not_found", "no such file"),
         // Reading a pipe with no writer, or /dev/zero, would block or never end.
         (fifo, "not_a_file", "not a regular file"),
-        (PathBuf::from("/dev/zero"), "not_a_file", "not a regular file"),
+        (
+            PathBuf::from("/dev/zero"),
+            "not_a_file",
+            "not a regular file",
+        ),
     ];
     for (path, code, words) in cases {
         let name = path.display().to_string();
@@ -126,7 +172,10 @@ fn things_that_are_not_image_files_are_refused_without_blocking() {
         assert_eq!(run.code, Some(1), "{name}");
         let row = row(&run, &name);
         assert_eq!(row["code"].as_str(), Some(code), "{name}: {row}");
-        assert!(row["error"].as_str().unwrap().contains(words), "{name}: {row}");
+        assert!(
+            row["error"].as_str().unwrap().contains(words),
+            "{name}: {row}"
+        );
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -134,15 +183,23 @@ fn things_that_are_not_image_files_are_refused_without_blocking() {
 #[test]
 fn a_batch_of_the_whole_corpus_gives_one_csv_row_per_file() {
     let manifest: Vec<serde_json::Value> =
-        serde_json::from_str(&std::fs::read_to_string(inputs().join("manifest.json")).unwrap()).unwrap();
+        serde_json::from_str(&std::fs::read_to_string(inputs().join("manifest.json")).unwrap())
+            .unwrap();
     let csv = std::env::temp_dir().join(format!("cxr-batch-{}.csv", std::process::id()));
-    let files: Vec<PathBuf> = manifest.iter().map(|e| inputs().join(e["file"].as_str().unwrap())).collect();
+    let files: Vec<PathBuf> = manifest
+        .iter()
+        .map(|e| inputs().join(e["file"].as_str().unwrap()))
+        .collect();
     let out = Command::new(env!("CARGO_BIN_EXE_trainer"))
         .args(["predict", "--csv", csv.to_str().unwrap()])
         .args(&files)
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(1), "some corpus files are bad: exit code 1");
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "some corpus files are bad: exit code 1"
+    );
     let text = std::fs::read_to_string(&csv).unwrap();
     let lines: Vec<&str> = text.split("\r\n").filter(|l| !l.is_empty()).collect();
     assert_eq!(lines[0], cxr::batch::CSV_HEADER.join(","));
@@ -153,7 +210,10 @@ fn a_batch_of_the_whole_corpus_gives_one_csv_row_per_file() {
         assert!(fields[0].ends_with(name), "{line}");
         if entry["expect"] == "classify" {
             let p: f64 = fields[1].parse().unwrap_or_else(|_| panic!("{line}"));
-            assert!((0.0..=1.0).contains(&p) && ["effusion", "nofinding"].contains(&fields[2]), "{line}");
+            assert!(
+                (0.0..=1.0).contains(&p) && ["effusion", "nofinding"].contains(&fields[2]),
+                "{line}"
+            );
         } else {
             assert!(fields[1].is_empty() && !fields[6].is_empty(), "{line}");
             if let Some(code) = entry["code"].as_str() {

@@ -11,13 +11,30 @@ fn predict_reports_each_file_and_fails_only_the_bad_ones() {
     std::fs::write(&bad, "not an image").unwrap();
     let good = fixtures().join("effusion10.png");
     let cam = dir.join("cam.png");
-    let out = trainer(&["predict", "--json", "--cam", cam.to_str().unwrap(), good.to_str().unwrap(), bad.to_str().unwrap()]);
-    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = trainer(&[
+        "predict",
+        "--json",
+        "--cam",
+        cam.to_str().unwrap(),
+        good.to_str().unwrap(),
+        bad.to_str().unwrap(),
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let rows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let p = rows[0]["probability"].as_f64().unwrap();
     assert!((0.0..=1.0).contains(&p));
     assert!(["effusion", "nofinding"].contains(&rows[0]["label"].as_str().unwrap()));
-    assert!(rows[1]["error"].as_str().unwrap().contains("not an image format"));
+    assert!(
+        rows[1]["error"]
+            .as_str()
+            .unwrap()
+            .contains("not an image format")
+    );
     // Several files: one overlay per good file, named after it, as big as the X-ray.
     let overlay = image::open(dir.join("cam.effusion10.png")).unwrap();
     assert_eq!((overlay.width(), overlay.height()), (512, 512));
@@ -30,48 +47,124 @@ fn predict_reports_each_file_and_fails_only_the_bad_ones() {
 fn train_evaluate_resume_and_export() {
     let data = dataset("data");
     let run = temp("run");
-    let common = ["--data", data.to_str().unwrap(), "--out", run.to_str().unwrap(), "--input-size", "64",
-        "--width", "0.125", "--batch-size", "4", "--valid-fraction", "0.34", "--backend", "cpu", "--quiet"];
+    let common = [
+        "--data",
+        data.to_str().unwrap(),
+        "--out",
+        run.to_str().unwrap(),
+        "--input-size",
+        "64",
+        "--width",
+        "0.125",
+        "--batch-size",
+        "4",
+        "--valid-fraction",
+        "0.34",
+        "--backend",
+        "cpu",
+        "--quiet",
+    ];
     let out = trainer(&[&["train", "--epochs", "2"][..], &common[..]].concat());
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let metrics = std::fs::read_to_string(run.join("metrics.csv")).unwrap();
     assert_eq!(metrics.lines().count(), 3, "{metrics}");
-    for file in ["best.cxrw", "split.json", "report.json", "roc.svg", "curves.svg"] {
+    for file in [
+        "best.cxrw",
+        "split.json",
+        "report.json",
+        "roc.svg",
+        "curves.svg",
+    ] {
         assert!(run.join(file).is_file(), "{file} missing");
     }
-    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(run.join("report.json")).unwrap()).unwrap();
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(run.join("report.json")).unwrap()).unwrap();
     assert!(report["best"]["validation"]["auc"].is_number(), "{report}");
 
     // A second `train` into the same folder refuses; --resume continues at epoch 3.
     let again = trainer(&[&["train", "--epochs", "3"][..], &common[..]].concat());
     assert_eq!(again.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&again.stderr).contains("--resume"));
-    let resumed = trainer(&["train", "--epochs", "3", "--resume", run.to_str().unwrap(), "--backend", "cpu", "--quiet"]);
-    assert!(resumed.status.success(), "{}", String::from_utf8_lossy(&resumed.stderr));
+    let resumed = trainer(&[
+        "train",
+        "--epochs",
+        "3",
+        "--resume",
+        run.to_str().unwrap(),
+        "--backend",
+        "cpu",
+        "--quiet",
+    ]);
+    assert!(
+        resumed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&resumed.stderr)
+    );
     let metrics = std::fs::read_to_string(run.join("metrics.csv")).unwrap();
     assert_eq!(metrics.lines().count(), 4, "{metrics}");
     assert!(metrics.lines().last().unwrap().starts_with("3,"));
 
     let weights = run.join("best.cxrw");
-    let eval = trainer(&["evaluate", "--data", data.to_str().unwrap(), "--weights", weights.to_str().unwrap(),
-        "--run", run.to_str().unwrap(), "--json", "--backend", "cpu"]);
-    assert!(eval.status.success(), "{}", String::from_utf8_lossy(&eval.stderr));
+    let eval = trainer(&[
+        "evaluate",
+        "--data",
+        data.to_str().unwrap(),
+        "--weights",
+        weights.to_str().unwrap(),
+        "--run",
+        run.to_str().unwrap(),
+        "--json",
+        "--backend",
+        "cpu",
+    ]);
+    assert!(
+        eval.status.success(),
+        "{}",
+        String::from_utf8_lossy(&eval.stderr)
+    );
     let report: serde_json::Value = serde_json::from_slice(&eval.stdout).unwrap();
-    let split: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(run.join("split.json")).unwrap()).unwrap();
-    assert_eq!(report["images"].as_u64().unwrap() as usize, split["valid"].as_array().unwrap().len());
+    let split: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("split.json")).unwrap()).unwrap();
+    assert_eq!(
+        report["images"].as_u64().unwrap() as usize,
+        split["valid"].as_array().unwrap().len()
+    );
     let auc = report["auc"].as_f64().unwrap();
     assert!((0.0..=1.0).contains(&auc));
 
     let export = temp("export");
     let sample = fixtures().join("effusion10.png");
-    let out = trainer(&["export", "--run", run.to_str().unwrap(), "--out", export.to_str().unwrap(),
-        "--sample", sample.to_str().unwrap(), "--ood-negatives", fixtures().join("../ood").to_str().unwrap(),
-        "--command", "trainer train ..."]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = trainer(&[
+        "export",
+        "--run",
+        run.to_str().unwrap(),
+        "--out",
+        export.to_str().unwrap(),
+        "--sample",
+        sample.to_str().unwrap(),
+        "--ood-negatives",
+        fixtures().join("../ood").to_str().unwrap(),
+        "--command",
+        "trainer train ...",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let card = std::fs::read_to_string(export.join("MODEL_CARD.md")).unwrap();
-    assert!(card.contains("Not for clinical use") && card.contains("Wang X") && card.contains("trainer train ..."));
+    assert!(
+        card.contains("Not for clinical use")
+            && card.contains("Wang X")
+            && card.contains("trainer train ...")
+    );
     assert!(card.contains("validation X-rays wrongly flagged"), "{card}");
-    let info = cxr::weights::read_info(&std::fs::read(export.join("effusion.cxrw")).unwrap()).unwrap();
+    let info =
+        cxr::weights::read_info(&std::fs::read(export.join("effusion.cxrw")).unwrap()).unwrap();
     assert_eq!(info.reference.unwrap().sample, "effusion10.png");
     assert_eq!(info.input_size, 64);
     let gate = info.ood.expect("export fits the not-a-chest-X-ray gate");
@@ -80,17 +173,41 @@ fn train_evaluate_resume_and_export() {
 
 #[test]
 fn data_and_output_problems_are_clear_errors() {
-    let out = trainer(&["train", "--data", "/nonexistent/data", "--out", "/tmp/cxr-never", "--backend", "cpu"]);
+    let out = trainer(&[
+        "train",
+        "--data",
+        "/nonexistent/data",
+        "--out",
+        "/tmp/cxr-never",
+        "--backend",
+        "cpu",
+    ]);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("does not exist"));
     let data = temp("empty");
     std::fs::create_dir_all(data.join("effusion")).unwrap();
-    let out = trainer(&["train", "--data", data.to_str().unwrap(), "--out", "/tmp/cxr-never", "--backend", "cpu"]);
+    let out = trainer(&[
+        "train",
+        "--data",
+        data.to_str().unwrap(),
+        "--out",
+        "/tmp/cxr-never",
+        "--backend",
+        "cpu",
+    ]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("nofinding"));
     // An output folder that cannot be created is reported before any training.
     let file = data.join("a-file");
     std::fs::write(&file, "x").unwrap();
-    let out = trainer(&["train", "--data", data.to_str().unwrap(), "--out", file.join("run").to_str().unwrap(), "--backend", "cpu"]);
+    let out = trainer(&[
+        "train",
+        "--data",
+        data.to_str().unwrap(),
+        "--out",
+        file.join("run").to_str().unwrap(),
+        "--backend",
+        "cpu",
+    ]);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot create run folder"));
 }

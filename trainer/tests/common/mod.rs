@@ -34,8 +34,14 @@ pub fn dataset(name: &str) -> PathBuf {
             if name.starts_with(prefix) && name.ends_with(".png") {
                 let img = image::open(&path).unwrap();
                 for k in 0..3 {
-                    let small = img.resize_exact(96 + 16 * k, 96 + 16 * k, image::imageops::FilterType::Triangle);
-                    small.save(dir.join(class).join(format!("{k}-{name}"))).unwrap();
+                    let small = img.resize_exact(
+                        96 + 16 * k,
+                        96 + 16 * k,
+                        image::imageops::FilterType::Triangle,
+                    );
+                    small
+                        .save(dir.join(class).join(format!("{k}-{name}")))
+                        .unwrap();
                 }
             }
         }
@@ -43,4 +49,3 @@ pub fn dataset(name: &str) -> PathBuf {
     std::fs::write(dir.join("effusion/corrupt.png"), b"\x89PNG\r\n\x1a\nbroken").unwrap();
     dir
 }
-
