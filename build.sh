@@ -3,7 +3,8 @@
 #
 #   ./build.sh               build dist/: the wasm crate in release + the static site
 #   ./build.sh serve [PORT]  build, then serve dist/ on http://127.0.0.1:PORT/ (default 8080)
-#   ./build.sh test          every test: native cargo tests, the wasm build, browser tests
+#   ./build.sh test          every test: fmt, clippy and file-length gate, dependency checks,
+#                            native cargo tests, the wasm build, browser tests
 #   ./build.sh bench         build, then compare with PyTorch, onnxruntime(-web): bench/RESULTS.md
 #
 # Installs what it needs on a fresh machine: the wasm32 Rust target, wasm-bindgen-cli at the
@@ -138,7 +139,24 @@ dependency_checks() {
   cargo deny --locked --offline --config "$dbs/deny.toml" check advisories
 }
 
+# The shape gate: formatting, clippy with warnings as errors (clippy.toml: functions of at most 80
+# lines), and no Rust source file over 500 lines (vendored code aside).
+lint() {
+  log "formatting (cargo fmt --check)"
+  cargo fmt --all --check
+  log "lints (cargo clippy --workspace --all-targets -- -D warnings)"
+  cargo clippy --locked --workspace --all-targets -- -D warnings
+  log "file length (at most 500 lines per Rust source file)"
+  local long
+  long=$(git ls-files '*.rs' ':!vendor' | xargs wc -l | awk '$2 != "total" && $1 > 500')
+  if [ -n "$long" ]; then
+    printf 'over 500 lines:\n%s\n' "$long" >&2
+    return 1
+  fi
+}
+
 run_tests() {
+  lint
   dependency_checks
   log "native tests (cargo test --release --workspace)"
   cargo test --release --locked --workspace

@@ -26,6 +26,9 @@ for (const f of ORT_FILES) fs.copyFileSync(path.join(ortDist, f), path.join(site
 fs.copyFileSync(path.join(out, 'model.onnx'), path.join(site, 'model.onnx'));
 fs.copyFileSync(path.join(out, 'interop/input.bin'), path.join(site, 'input.bin'));
 fs.copyFileSync(path.join(here, 'compare.html'), path.join(site, 'index.html'));
+// BASELINE=DIR: an earlier build's dist/pkg in DIR/pkg, measured beside ours for before/after.
+const baseline = process.env.BASELINE ? path.resolve(process.env.BASELINE, 'pkg') : null;
+if (baseline) fs.cpSync(baseline, path.join(site, 'base'), { recursive: true });
 
 const size = (files) => {
   const bytes = files.map((f) => fs.readFileSync(f));
@@ -64,6 +67,7 @@ for (let i = 0; i < COLD; i++) {
 const { context, page } = await fresh();
 await page.evaluate(() => window.coldOurs('cpu'));
 await page.evaluate(() => window.coldOrt('wasm'));
+if (baseline && !(await page.evaluate(() => window.initBase()))) throw new Error(`baseline ${baseline} did not load`);
 const warm = await page.evaluate((n) => window.alternate(n), RUNS);
 const userAgent = await page.evaluate(() => navigator.userAgent);
 await context.close();
@@ -97,4 +101,5 @@ let webgpu;
 
 await browser.close();
 server.close();
+if (baseline) bundles.baseline = size([path.join(site, 'base/cxr.js'), path.join(site, 'base/cxr_bg.wasm')]);
 console.log(JSON.stringify({ userAgent, runs: RUNS, cold_runs: COLD, bundles, cold, warm, webgpu }));

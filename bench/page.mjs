@@ -1,5 +1,6 @@
 // Page figures in headless Chromium (CPU path): load → ready, and drop → result for a 1024x1024
 // PNG, median of several runs, plus the size of dist/. Run after ./build.sh: node bench/page.mjs
+// (BASELINE=DIR measures an earlier build's dist/ in DIR too, alternating: before/after figures).
 import fs from 'node:fs';
 import path from 'node:path';
 import zlib from 'node:zlib';
@@ -15,29 +16,34 @@ const RUNS = Number(process.env.RUNS || 5);
 const median = (xs) => { const s = [...xs].sort((a, b) => a - b); return s[s.length >> 1]; };
 function walk(dir) { return fs.readdirSync(dir, { withFileTypes: true }).flatMap((e) => e.isDirectory() ? walk(path.join(dir, e.name)) : [path.join(dir, e.name)]); }
 
-const { server, origin } = await serveStatic(dist);
-const url = `${origin}/`;
+// BASELINE=DIR (an earlier build's dist/) is measured too, alternating drop by drop with ours.
+const sites = [{ name: 'ours', dir: dist }];
+if (process.env.BASELINE) sites.push({ name: 'baseline', dir: path.resolve(process.env.BASELINE) });
+for (const site of sites) {
+  Object.assign(site, await serveStatic(site.dir), { loads: [], results: [], timings: [] });
+}
 const browser = await chromium.launch({ executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
   args: CHROMIUM_FLAGS });
 const big = path.join(os.tmpdir(), 'cxr-bench-1024.png');
 fs.writeFileSync(big, png(1024, 1024, (x, y) => (x * 3 + y * 5 + ((x * y) >> 7)) & 255));
 
-const loads = [], results = [], inference = [];
-for (let i = 0; i < RUNS; i++) {
+async function dropOnce(site) {
   const page = await browser.newPage();
   const t0 = Date.now();
-  await page.goto(url);
+  await page.goto(`${site.origin}/`);
   await page.waitForFunction(() => document.body.dataset.state === 'ready', null, { timeout: 300_000 });
-  loads.push(Date.now() - t0);
+  site.loads.push(Date.now() - t0);
   const t1 = Date.now();
   await page.setInputFiles('input#file', big);
   await page.waitForFunction(() => document.body.dataset.handled === '1' && document.body.dataset.state === 'ready', null, { timeout: 120_000 });
-  results.push(Date.now() - t1);
-  inference.push(await page.evaluate(() => document.getElementById('timings').textContent));
+  site.results.push(Date.now() - t1);
+  site.timings.push(await page.evaluate(() => document.getElementById('timings').textContent));
   await page.close();
 }
+for (let i = 0; i < RUNS; i++) for (const site of sites) await dropOnce(site);
 await browser.close();
-server.close();
+for (const site of sites) site.server.close();
+const [{ loads, results, timings: inference }] = sites;
 
 const files = walk(dist);
 const total = files.reduce((n, f) => n + fs.statSync(f).size, 0);
@@ -53,3 +59,17 @@ console.log(`| file → result, 1024x1024 PNG (decode, preprocess, inference, CA
 console.log(`| page timings of the last run | ${inference[inference.length - 1]} |`);
 console.log(`| cxr_bg.wasm (model embedded: ${mb(model)}) | ${mb(wasm.length)} raw, ${mb(zlib.brotliCompressSync(wasm).length)} brotli |`);
 console.log(`| dist/ total (${files.length} files) | ${mb(total)} raw, ${mb(totalBr)} brotli |`);
+if (sites.length > 1) {
+  const [ours, base] = sites;
+  const baseWasm = fs.readFileSync(path.join(base.dir, 'pkg/cxr_bg.wasm'));
+  console.log(`\nBefore (BASELINE=${process.env.BASELINE}) and after, the same ${RUNS} runs alternating:\n`);
+  console.log('| figure | before | after | after / before |\n|---|---|---|---|');
+  const row = (name, b, a, unit) => console.log(`| ${name} | ${b}${unit} | ${a}${unit} | **${(a / b).toFixed(2)}** |`);
+  row('navigation → model ready', median(base.loads), median(ours.loads), ' ms');
+  row('file → result, 1024x1024 PNG', median(base.results), median(ours.results), ' ms');
+  const stageMs = (stage) => (t) => Number((new RegExp(`${stage} (\\d+(?:\\.\\d+)?) ms`).exec(t) || [])[1]);
+  for (const stage of ['decode', 'preprocess', 'inference']) {
+    row(`${stage} (page timings)`, median(base.timings.map(stageMs(stage))), median(ours.timings.map(stageMs(stage))), ' ms');
+  }
+  row('cxr_bg.wasm, brotli', (zlib.brotliCompressSync(baseWasm).length / 1e6).toFixed(2), (zlib.brotliCompressSync(wasm).length / 1e6).toFixed(2), ' MB');
+}

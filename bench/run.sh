@@ -2,7 +2,9 @@
 # ./build.sh bench: measures ours against PyTorch, onnxruntime and onnxruntime-web in one run and
 # writes bench/RESULTS.md. Needs dist/ (./build.sh builds it first). Creates bench/.venv (PyTorch
 # CPU, onnxruntime) and bench/node_modules (onnxruntime-web) on first use.
-# Environment: THREADS (native threads, default: all cores), RUNS (browser runs, default 30).
+# Environment: THREADS (native threads, default: all cores), RUNS (browser runs, default 30),
+# BASELINE (a folder holding an earlier build's dist/ files and its `trainer` binary: measured in
+# the same run, alternating where it can, for before/after figures).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=bench/out
@@ -33,6 +35,16 @@ for width in 0.25 1.0; do
   RAYON_NUM_THREADS="$THREADS" "$TRAINER" bench train --width "$width" --batch-size 16 --steps 5 --warmup 2 \
     --columns > "$OUT/columns-train-$width.json"
 done
+
+if [ -n "${BASELINE:-}" ]; then
+  BASELINE=$(realpath "$BASELINE")
+  export BASELINE
+  log "baseline build ($BASELINE), native, interleaved with ours"
+  RAYON_NUM_THREADS="$THREADS" "$BASELINE/trainer" bench infer --runs 30 > "$OUT/base-infer.json"
+  RAYON_NUM_THREADS="$THREADS" "$TRAINER" bench infer --runs 30 > "$OUT/ours2-infer.json"
+  RAYON_NUM_THREADS="$THREADS" "$BASELINE/trainer" bench train --width 0.25 --batch-size 16 --steps 5 --warmup 2 \
+    > "$OUT/base-train-0.25.json"
+fi
 
 log "PyTorch reference: parity, ONNX export, PyTorch and onnxruntime timings"
 bench/.venv/bin/python -W ignore bench/reference.py "$OUT/interop" "$OUT" --threads "$THREADS" --runs 30 \
