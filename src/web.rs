@@ -13,9 +13,9 @@ use serde::Serialize;
 use wasm_bindgen::prelude::*;
 
 use crate::classifier::{Classifier, batch_input};
+use crate::decode::decode;
 use crate::error::CxrError;
 use crate::model::ConvKernel;
-use crate::decode::decode;
 use crate::preprocess::{Preprocessed, preprocess_luma, preview};
 use crate::saliency::heatmap_rgba;
 

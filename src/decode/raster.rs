@@ -39,7 +39,9 @@ pub(super) fn decode_raster(bytes: &[u8], caps: &DecodeLimits) -> Result<LumaIma
         Ok(decoder) => decoder,
         // The image crate has no greyscale float or 32-bit integer layout: read those TIFFs
         // (scientific and some medical exports) with the tiff crate directly.
-        Err(image::ImageError::Unsupported(_)) if is_tiff => return super::tiff::decode_grey_tiff(bytes, caps),
+        Err(image::ImageError::Unsupported(_)) if is_tiff => {
+            return super::tiff::decode_grey_tiff(bytes, caps);
+        }
         Err(e) => return Err(map_image_error(e)),
     };
     let (width, height) = decoder.dimensions();

@@ -73,4 +73,3 @@ pub fn resize(pixels: &[f32], width: usize, height: usize, out_w: usize, out_h: 
     }
     out
 }
-

@@ -56,8 +56,7 @@ fn eight_and_sixteen_bit_give_nearly_the_same_tensor() {
 #[test]
 fn sixteen_bit_precision_is_kept() {
     // Values that differ only below 8-bit resolution must stay distinct.
-    let img =
-        DynamicImage::ImageLuma16(ImageBuffer::from_fn(4, 1, |x, _| Luma([1000 + x as u16])));
+    let img = DynamicImage::ImageLuma16(ImageBuffer::from_fn(4, 1, |x, _| Luma([1000 + x as u16])));
     let luma = decode(&encode(img, ImageFormat::Png)).unwrap();
     assert_eq!(luma.pixels, vec![1000.0, 1001.0, 1002.0, 1003.0]);
     let n = min_max_normalize(&luma.pixels).unwrap();
@@ -101,8 +100,8 @@ fn every_supported_format_decodes() {
         (img.clone(), ImageFormat::WebP),
         (rgb, ImageFormat::Gif),
     ] {
-        let p = preprocess(&encode(image, format), 16)
-            .unwrap_or_else(|e| panic!("{format:?}: {e}"));
+        let p =
+            preprocess(&encode(image, format), 16).unwrap_or_else(|e| panic!("{format:?}: {e}"));
         assert_eq!(
             (p.original_width, p.original_height),
             (64, 48),
@@ -283,13 +282,11 @@ fn non_finite_values_are_refused() {
 
 #[test]
 fn tiny_but_valid_images_are_classified() {
-    let img =
-        DynamicImage::ImageLuma8(ImageBuffer::from_fn(2, 1, |x, _| Luma([x as u8 * 200])));
+    let img = DynamicImage::ImageLuma8(ImageBuffer::from_fn(2, 1, |x, _| Luma([x as u8 * 200])));
     let p = preprocess(&encode(img, ImageFormat::Png), 16).unwrap();
     assert_eq!(p.pixels.len(), 256);
     assert!(p.pixels[0] < 0.2 && p.pixels[15] > 0.8);
 }
-
 
 fn float_tiff(w: u32, h: u32, pixels: &[f32]) -> Vec<u8> {
     use tiff::encoder::{TiffEncoder, colortype::Gray32Float};
@@ -337,10 +334,16 @@ fn nan_in_a_float_tiff_is_refused() {
 #[test]
 fn monochrome1_is_inverted_so_bone_stays_bright() {
     let inverted: Vec<u16> = ramp().iter().map(|v| 63_000 - v).collect();
-    let a =
-        decode_dicom(&file(8, 8, &ramp(), "MONOCHROME2", &[], EXPLICIT_LE), &DecodeLimits::DEFAULT).unwrap();
-    let b =
-        decode_dicom(&file(8, 8, &inverted, "MONOCHROME1", &[], EXPLICIT_LE), &DecodeLimits::DEFAULT).unwrap();
+    let a = decode_dicom(
+        &file(8, 8, &ramp(), "MONOCHROME2", &[], EXPLICIT_LE),
+        &DecodeLimits::DEFAULT,
+    )
+    .unwrap();
+    let b = decode_dicom(
+        &file(8, 8, &inverted, "MONOCHROME1", &[], EXPLICIT_LE),
+        &DecodeLimits::DEFAULT,
+    )
+    .unwrap();
     let na = min_max_normalize(&a.pixels).unwrap();
     let nb = min_max_normalize(&b.pixels).unwrap();
     assert_eq!(na, nb);

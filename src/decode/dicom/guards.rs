@@ -118,7 +118,11 @@ pub(super) fn check_lengths(bytes: &[u8]) -> Result<(), String> {
 
 /// Whether an RLE Lossless frame (DICOM PS3.5 annex G) holds `segments` segments, each of which
 /// PackBits-decodes to at least `pixels` bytes.
-pub(super) fn check_rle_frame(fragment: &[u8], segments: usize, pixels: usize) -> Result<(), String> {
+pub(super) fn check_rle_frame(
+    fragment: &[u8],
+    segments: usize,
+    pixels: usize,
+) -> Result<(), String> {
     let word = |i: usize| -> Option<usize> {
         fragment
             .get(i * 4..i * 4 + 4)
@@ -203,4 +207,3 @@ fn packbits_len(data: &[u8]) -> usize {
     }
     out
 }
-

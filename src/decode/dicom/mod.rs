@@ -19,7 +19,9 @@ use dicom_dictionary_std::tags;
 use dicom_dictionary_std::uids::RLE_LOSSLESS;
 use dicom_encoding::transfer_syntax::TransferSyntaxIndex;
 use dicom_object::{DefaultDicomObject, OpenFileOptions};
-use dicom_pixeldata::{ConvertOptions, DecodedPixelData, ModalityLutOption, PixelDecoder, VoiLutOption};
+use dicom_pixeldata::{
+    ConvertOptions, DecodedPixelData, ModalityLutOption, PixelDecoder, VoiLutOption,
+};
 use dicom_transfer_syntax_registry::TransferSyntaxRegistry;
 
 use self::guards::{check_jpeg_frames, check_lengths, check_rle_frame};
