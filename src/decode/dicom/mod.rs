@@ -162,7 +162,6 @@ fn check_encapsulated(
         .element(tags::PIXEL_DATA)
         .ok()
         .and_then(|e| e.value().fragments())
-        .map(|f| &f[..])
         .unwrap_or_default();
     if uid.trim_end_matches(['\0', ' ']) == RLE_LOSSLESS {
         // dicom-rs 0.10's RLE decoder indexes past a short segment and panics (found by
@@ -212,13 +211,14 @@ fn to_luma(decoded: &DecodedPixelData<'_>, frame: &Frame) -> Result<LumaImage, I
             .map(|p| p[0])
             .collect()
     };
-    if let Some(window) = decoded.window().ok().flatten().and_then(|w| w.first()) {
-        if window.width >= 1.0 && window.center.is_finite() {
-            // DICOM's linear VOI function: the window's lowest and highest input values.
-            let low = (window.center - 0.5 - (window.width - 1.0) / 2.0) as f32;
-            let high = (window.center - 0.5 + (window.width - 1.0) / 2.0) as f32;
-            pixels.iter_mut().for_each(|p| *p = p.clamp(low, high));
-        }
+    if let Some(window) = decoded.window().ok().flatten().and_then(|w| w.first())
+        && window.width >= 1.0
+        && window.center.is_finite()
+    {
+        // DICOM's linear VOI function: the window's lowest and highest input values.
+        let low = (window.center - 0.5 - (window.width - 1.0) / 2.0) as f32;
+        let high = (window.center - 0.5 + (window.width - 1.0) / 2.0) as f32;
+        pixels.iter_mut().for_each(|p| *p = p.clamp(low, high));
     }
     let monochrome1 = decoded.photometric_interpretation().to_string().trim() == "MONOCHROME1";
     if monochrome1 {
