@@ -6,7 +6,7 @@
 //!   checks every format shares;
 //! - [`raster`]: the image crate's formats (PNG, JPEG, BMP, TIFF, WebP, GIF), naming what is not
 //!   an image, and luminance;
-//! - [`tiff`]: greyscale TIFFs the image crate cannot read (float, 32/64-bit, signed);
+//! - [`tiff`](self::tiff): greyscale TIFFs the image crate cannot read (float, 32/64-bit, signed);
 //! - [`dicom`]: DICOM files (rescale, VOI window, MONOCHROME1) and the guards around dicom-rs.
 
 pub mod dicom;

@@ -1,3 +1,5 @@
+//! The limits shared by every format.
+
 use super::*;
 
 #[test]

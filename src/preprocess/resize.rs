@@ -38,6 +38,10 @@ fn taps(input: usize, output: usize) -> Vec<Taps> {
 
 /// Resize a row-major f32 image to `out_w x out_h` with a separable, antialiased triangle
 /// filter. Weights are non-negative and sum to one, so `[0, 1]` input stays in `[0, 1]`.
+///
+/// Hand-written on purpose: fast_image_resize 6.1 (f32, Bilinear) gives the same tensor within
+/// 2.4e-7 but measured slower natively on the downscales that matter (1024²→256²: 0.66 ms vs
+/// 0.47 ms, 3000x2500→256²: 3.3 ms vs 2.8 ms, AVX2), so it was not taken.
 pub fn resize(pixels: &[f32], width: usize, height: usize, out_w: usize, out_h: usize) -> Vec<f32> {
     assert_eq!(
         pixels.len(),
