@@ -8,6 +8,11 @@
 //! file's size plus a margin ([`with_allocation_limit`]); outside it, allocations are unlimited.
 //! An infallible allocation over the cap would abort, which is why the cap is only set around
 //! parsing that cannot legitimately need more.
+//!
+//! The cap works only in a program whose `#[global_allocator]` is [`GuardedAlloc`]; the library
+//! does not impose it on every program that links it. The programs install it where they are
+//! built: the wasm page (`web`), the trainer's binaries, the root crate's unit tests and its
+//! integration tests that rely on it (`tests/fuzz_regressions.rs`), and the fuzz targets.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;

@@ -97,10 +97,7 @@ impl Classifier {
     pub fn run(&self, input: &Preprocessed) -> RawOutput {
         let s = self.info.input_size;
         assert_eq!(input.pixels.len(), s * s, "input is not {s}x{s}");
-        let x = Tensor::from_data(
-            TensorData::new(input.pixels.clone(), [1, 1, s, s]),
-            &self.device,
-        );
+        let x = batch_input(input.pixels.clone(), 1, s, &self.device);
         let (logits, cam, features) = self.model.forward_all(x);
         RawOutput {
             logits,
@@ -168,8 +165,9 @@ impl Classifier {
     }
 }
 
-/// `n` preprocessed `size x size` images laid end to end, as one `[n, 1, size, size]` batch.
-fn batch_input(pixels: Vec<f32>, n: usize, size: usize, device: &Device) -> Tensor<4> {
+/// `n` preprocessed `size x size` images laid end to end, as one `[n, 1, size, size]` batch: the
+/// one place the model's input tensor is built.
+pub fn batch_input(pixels: Vec<f32>, n: usize, size: usize, device: &Device) -> Tensor<4> {
     assert_eq!(
         pixels.len(),
         n * size * size,

@@ -1,7 +1,8 @@
 //! Chest X-ray pleural-effusion classifier: one crate for the trainer (native) and the page (wasm).
 //!
-//! - [`preprocess`]: file bytes → normalised model input (the one path everything uses).
-//! - [`dicom`]: DICOM files (rescale, VOI window, MONOCHROME1) into that path.
+//! - [`decode`]: file bytes (DICOM, PNG, JPEG, BMP, TIFF, WebP, GIF) → f32 luminance, with the
+//!   size limits and the guards found by fuzzing.
+//! - [`preprocess`]: decoded luminance → normalised model input (the one path everything uses).
 //! - [`model`]: the ResNet and its class activation map.
 //! - [`weights`]: the `.cxrw` weight file (model + description).
 //! - [`classifier`]: inference from bytes to a [`classifier::Prediction`].
@@ -14,7 +15,7 @@
 pub mod alloc_guard;
 pub mod batch;
 pub mod classifier;
-pub mod dicom;
+pub mod decode;
 pub mod embedded;
 pub mod error;
 pub mod model;
@@ -26,8 +27,13 @@ pub mod weights;
 #[cfg(target_family = "wasm")]
 pub mod web;
 
-/// Every binary that links this crate (trainer, tests, the wasm page) uses the guarded system
-/// allocator, so decoders can be held to a size cap where a file's numbers size their buffers.
+/// `cxr::dicom` before decoding moved to [`decode`] (the trainer's `cxr::dicom::is_dicom`).
+pub use decode::dicom;
+
+/// The unit tests run with the guarded allocator, as the programs do (the wasm page in `web`,
+/// the integration tests and fuzz targets in their own files, the trainer's binaries): the cap
+/// of [`alloc_guard`] only holds where a program installs it.
+#[cfg(test)]
 #[global_allocator]
 static ALLOCATOR: alloc_guard::GuardedAlloc = alloc_guard::GuardedAlloc;
 

@@ -118,7 +118,10 @@ impl OodGate {
     /// distance counts as outside).
     pub fn flags(&self, features: &[f32]) -> bool {
         let distance = self.distance(features);
-        !(distance <= self.threshold)
+        // Outside when greater, or when either is NaN (incomparable).
+        distance
+            .partial_cmp(&self.threshold)
+            .is_none_or(std::cmp::Ordering::is_gt)
     }
 }
 
@@ -131,7 +134,9 @@ fn cholesky(a: &[f64], d: usize) -> Option<Vec<f64>> {
             if i == j {
                 let v = a[i * d + i] - s;
                 // A pivot lost to rounding (relative to the variance) means not positive definite.
-                if !(v > 1e-9 * a[i * d + i].abs().max(f64::MIN_POSITIVE)) {
+                // (NaN, incomparable, counts as lost.)
+                let floor = 1e-9 * a[i * d + i].abs().max(f64::MIN_POSITIVE);
+                if v.partial_cmp(&floor).is_none_or(std::cmp::Ordering::is_le) {
                     return None;
                 }
                 l[i * d + i] = v.sqrt();

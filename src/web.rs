@@ -8,14 +8,15 @@
 use std::cell::RefCell;
 use std::rc::Rc;
 
-use burn::tensor::{Device, Tensor, TensorData};
+use burn::tensor::Device;
 use serde::Serialize;
 use wasm_bindgen::prelude::*;
 
-use crate::classifier::Classifier;
+use crate::classifier::{Classifier, batch_input};
+use crate::decode::decode;
 use crate::error::CxrError;
 use crate::model::ConvKernel;
-use crate::preprocess::{Preprocessed, decode, preprocess_luma, preview};
+use crate::preprocess::{Preprocessed, preprocess_luma, preview};
 use crate::saliency::heatmap_rgba;
 
 /// Largest side of the image shown on the page.
@@ -49,6 +50,12 @@ fn coded_error(e: CxrError) -> JsValue {
 fn now_ms() -> f64 {
     js_sys::Date::now()
 }
+
+/// The page's allocator: the system one, refusing single allocations over the cap that
+/// [`crate::alloc_guard`] sets around parsing untrusted files.
+#[cfg(target_family = "wasm")]
+#[global_allocator]
+static ALLOCATOR: crate::alloc_guard::GuardedAlloc = crate::alloc_guard::GuardedAlloc;
 
 #[wasm_bindgen(start)]
 pub fn start() {
@@ -246,7 +253,7 @@ pub async fn forward_logits(pixels: Vec<f32>, kernel: String) -> Result<Vec<f32>
             pixels.len()
         )));
     }
-    let x = Tensor::<4>::from_data(TensorData::new(pixels, [1, 1, s, s]), classifier.device());
+    let x = batch_input(pixels, 1, s, classifier.device());
     let model = classifier.model();
     let kernel = match kernel.as_str() {
         "burn" => ConvKernel::Burn,

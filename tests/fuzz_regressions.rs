@@ -8,6 +8,11 @@ use std::cell::Cell;
 use std::path::Path;
 use std::sync::Once;
 
+/// The guarded allocator, as in the product: the allocation cap around parsing, and the largest
+/// allocation these tests assert on, only hold where a program installs it.
+#[global_allocator]
+static ALLOCATOR: cxr::alloc_guard::GuardedAlloc = cxr::alloc_guard::GuardedAlloc;
+
 thread_local! {
     static PANICS: Cell<usize> = const { Cell::new(0) };
 }

@@ -5,9 +5,11 @@
 
 use std::sync::OnceLock;
 
-use burn::tensor::{Device, Tensor, TensorData};
+use burn::tensor::Device;
+use cxr::classifier::batch_input;
+use cxr::decode::{DecodeLimits, decode_with_limits};
 use cxr::model::{ResNet, ResNetConfig};
-use cxr::preprocess::{DecodeLimits, decode_with_limits, preprocess_luma, preview};
+use cxr::preprocess::{preprocess_luma, preview};
 
 /// Model input side for the fuzzed pipeline (small, so each execution is quick).
 const SIZE: usize = 32;
@@ -52,7 +54,7 @@ pub fn image_pipeline(bytes: &[u8]) {
         "model input outside [0, 1]"
     );
     let (model, device) = tiny_model();
-    let x = Tensor::<4>::from_data(TensorData::new(input.pixels, [1, 1, SIZE, SIZE]), device);
+    let x = batch_input(input.pixels, 1, SIZE, device);
     let (logits, cam) = model.forward_with_cam(x);
     let logits: Vec<f32> = logits.into_data().try_to_vec::<f32>().expect("f32 logits");
     let cam: Vec<f32> = cam.into_data().try_to_vec::<f32>().expect("f32 CAM");

@@ -1,0 +1,172 @@
+use super::*;
+use burn::tensor::{Device, Distribution};
+
+fn tiny() -> ResNetConfig {
+    ResNetConfig::tiny()
+}
+
+fn input(b: usize, size: usize, device: &Device) -> Tensor<4> {
+    Tensor::random([b, 1, size, size], Distribution::Uniform(0.0, 1.0), device)
+}
+
+#[test]
+fn resnet18_has_its_parameter_count() {
+    let device = Device::flex();
+    let model = ResNetConfig::resnet18().init(&device);
+    // torchvision's resnet18 has 11,689,512 parameters with a 3-channel stem and 1000 classes;
+    // ours: stem 1 channel (-2*64*49 = -6,272), head 2 classes (-998*513 = -511,974). BatchNorm
+    // running statistics are not parameters in torchvision's count but are in burn's (+9,600).
+    assert_eq!(model.num_params(), 11_689_512 - 6_272 - 511_974 + 9_600);
+}
+
+#[test]
+fn torchvision_tensors_name_every_parameter_once() {
+    let device = Device::flex();
+    let model = ResNetConfig::resnet18().init(&device);
+    let tensors = model.torchvision_tensors();
+    let total: usize = tensors.iter().map(|t| t.values.len()).sum();
+    assert_eq!(total, model.num_params());
+    let names: std::collections::HashSet<_> = tensors.iter().map(|t| t.name.as_str()).collect();
+    assert_eq!(names.len(), tensors.len());
+    for name in [
+        "conv1.weight",
+        "layer2.0.downsample.0.weight",
+        "layer4.1.bn2.running_var",
+        "fc.bias",
+    ] {
+        assert!(names.contains(name), "{name}");
+    }
+    let fc = tensors.iter().find(|t| t.name == "fc.weight").unwrap();
+    assert_eq!(fc.shape, vec![2, 512]);
+}
+
+#[test]
+fn both_conv_kernels_compute_the_same_features() {
+    let device = Device::flex();
+    for arch in [tiny(), ResNetConfig::resnet18().with_width(0.25)] {
+        let model = arch.init(&device);
+        for (b, size) in [(1, 64), (2, 37)] {
+            let x = input(b, size, &device);
+            let conv = model
+                .features_with(x.clone(), ConvKernel::Burn)
+                .into_data()
+                .try_to_vec::<f32>()
+                .unwrap();
+            let cols = model
+                .features_with(x, ConvKernel::Columns)
+                .into_data()
+                .try_to_vec::<f32>()
+                .unwrap();
+            assert_eq!(conv.len(), cols.len());
+            let scale = conv.iter().fold(0f32, |m, v| m.max(v.abs()));
+            let diff = conv
+                .iter()
+                .zip(&cols)
+                .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+            assert!(
+                diff <= 1e-4 * scale.max(1.0),
+                "difference {diff} (scale {scale})"
+            );
+        }
+    }
+}
+
+#[test]
+fn shapes_of_forward_and_cam() {
+    let device = Device::flex();
+    let model = tiny().init(&device);
+    let x = input(3, 64, &device);
+    assert_eq!(model.forward(x.clone()).dims(), [3, 2]);
+    assert_eq!(model.features(x.clone()).dims(), [3, 8, 8, 8]);
+    assert_eq!(tiny().stride(), 8);
+    let (logits, cam) = model.forward_with_cam(x);
+    assert_eq!(logits.dims(), [3, 2]);
+    assert_eq!(cam.dims(), [3, 64, 64]);
+    let values = cam.into_data().try_to_vec::<f32>().unwrap();
+    assert!(values.iter().all(|v| (-1e-6..=1.0 + 1e-6).contains(v)));
+}
+
+#[test]
+fn cam_equals_the_weighted_sum_computed_by_hand() {
+    let device = Device::flex();
+    let model = tiny().init(&device);
+    let x = input(2, 48, &device);
+    let features = model.features(x);
+    let [b, c, h, w] = features.dims();
+    let f = features.to_data().try_to_vec::<f32>().unwrap();
+    let head = model
+        .head
+        .weight
+        .val()
+        .into_data()
+        .try_to_vec::<f32>()
+        .unwrap(); // [c, 2]
+    let got = model
+        .class_activation(features)
+        .into_data()
+        .try_to_vec::<f32>()
+        .unwrap();
+    for bi in 0..b {
+        let mut raw = vec![0f32; h * w];
+        for (p, r) in raw.iter_mut().enumerate() {
+            for ci in 0..c {
+                *r += f[((bi * c) + ci) * h * w + p] * (head[ci * 2 + 1] - head[ci * 2]);
+            }
+            *r = r.max(0.0);
+        }
+        let max = raw.iter().cloned().fold(0f32, f32::max);
+        for p in 0..h * w {
+            let expected = raw[p] / (max + 1e-12);
+            let actual = got[bi * h * w + p];
+            assert!(
+                (expected - actual).abs() < 1e-4,
+                "b{bi} p{p}: {expected} vs {actual}"
+            );
+        }
+    }
+}
+
+#[test]
+fn cam_mean_matches_the_logit_difference() {
+    // Without ReLU and scaling, the CAM's spatial mean plus the bias difference is exactly
+    // logit(effusion) - logit(no finding): the map explains the decision it is shown with.
+    let device = Device::flex();
+    let model = tiny().init(&device);
+    let x = input(1, 32, &device);
+    let features = model.features(x);
+    let [_, c, _, _] = features.dims();
+    let logits = model
+        .classify_features(features.clone())
+        .into_data()
+        .try_to_vec::<f32>()
+        .unwrap();
+    let raw = (features * model.cam_weights().reshape([1, c, 1, 1]))
+        .sum_dim(1)
+        .mean();
+    let bias = model
+        .head
+        .bias
+        .as_ref()
+        .unwrap()
+        .val()
+        .into_data()
+        .try_to_vec::<f32>()
+        .unwrap();
+    let raw: f32 = raw.into_scalar();
+    let diff = logits[1] - logits[0];
+    assert!(
+        (raw + bias[1] - bias[0] - diff).abs() < 1e-4,
+        "{raw} vs {diff}"
+    );
+}
+
+#[test]
+fn width_scaling_and_validation() {
+    let half = ResNetConfig::resnet18().with_width(0.5);
+    assert_eq!(half.widths, vec![32, 64, 128, 256]);
+    assert_eq!(half.stem_width, 32);
+    assert!(half.validate().is_ok());
+    let mut bad = ResNetConfig::resnet18();
+    bad.depths.pop();
+    assert!(bad.validate().is_err());
+}

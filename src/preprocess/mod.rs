@@ -1,0 +1,103 @@
+//! The one preprocessing path, shared by the trainer and the browser.
+//!
+//! bytes → [`crate::decode`] (any common format, limits checked before allocating, EXIF rotation
+//! applied) → f32 luminance at full precision (16-bit stays 16-bit)
+//! → [`min_max_normalize`] over the whole image to `[0, 1]` (never a division by 255)
+//! → [`resize`] of the **whole** image to `size x size` with an antialiasing (triangle) filter.
+//!
+//! Non-square images are **stretched** to the square input: nothing is cropped (a finding in a
+//! corner stays in the picture) and no padding is invented. NIH films are square, so for them the
+//! rule changes nothing; it is the same rule in training and in the browser.
+
+mod resize;
+#[cfg(test)]
+mod tests;
+
+pub use resize::resize;
+
+// The decoding half moved to `crate::decode`; these stay reachable here for existing callers
+// (the trainer's `cxr::preprocess::{decode, check_file_size}`).
+pub use crate::decode::{LumaImage, check_file_size, decode};
+
+use crate::error::ImageError;
+
+/// The model input made from one file.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Preprocessed {
+    /// `size * size` values in `[0, 1]`, row-major.
+    pub pixels: Vec<f32>,
+    /// Side of the square model input.
+    pub size: usize,
+    /// Width of the decoded image (after EXIF rotation).
+    pub original_width: usize,
+    /// Height of the decoded image (after EXIF rotation).
+    pub original_height: usize,
+}
+
+/// The whole path: bytes of a file to the normalised `size x size` model input.
+pub fn preprocess(bytes: &[u8], size: usize) -> Result<Preprocessed, ImageError> {
+    let image = decode(bytes)?;
+    preprocess_luma(&image, size)
+}
+
+/// Normalise and resize an already decoded image (the second half of [`preprocess`]).
+pub fn preprocess_luma(image: &LumaImage, size: usize) -> Result<Preprocessed, ImageError> {
+    let normalized = min_max_normalize(&image.pixels)?;
+    let mut pixels = resize(&normalized, image.width, image.height, size, size);
+    // The filter's weights sum to 1 only up to rounding, which can step an ulp outside [0, 1]
+    // (found by fuzzing: fuzz/regressions/decode_preprocess/input-outside-unit-range).
+    pixels.iter_mut().for_each(|p| *p = p.clamp(0.0, 1.0));
+    Ok(Preprocessed {
+        pixels,
+        size,
+        original_width: image.width,
+        original_height: image.height,
+    })
+}
+
+/// A greyscale RGBA rendering of a decoded image for display, at most `max_side` pixels per side
+/// (aspect ratio kept, min-max normalised like the model input): browsers cannot show every
+/// format the classifier reads (16-bit, TIFF).
+pub fn preview(image: &LumaImage, max_side: usize) -> Result<(usize, usize, Vec<u8>), ImageError> {
+    let scale = (max_side as f64 / image.width.max(image.height) as f64).min(1.0);
+    let w = ((image.width as f64 * scale).round() as usize).max(1);
+    let h = ((image.height as f64 * scale).round() as usize).max(1);
+    let normalized = min_max_normalize(&image.pixels)?;
+    let small = resize(&normalized, image.width, image.height, w, h);
+    let rgba = small
+        .iter()
+        .flat_map(|&v| {
+            let g = (v.clamp(0.0, 1.0) * 255.0).round() as u8;
+            [g, g, g, 255]
+        })
+        .collect();
+    Ok((w, h, rgba))
+}
+
+/// `(x - min) / (max - min)` over the whole image.
+///
+/// Fails on NaN or infinity, and on a blank image (max == min), where the division is undefined.
+pub fn min_max_normalize(pixels: &[f32]) -> Result<Vec<f32>, ImageError> {
+    if pixels.is_empty() {
+        return Err(ImageError::NoPixels);
+    }
+    let mut min = f32::INFINITY;
+    let mut max = f32::NEG_INFINITY;
+    for &p in pixels {
+        if !p.is_finite() {
+            return Err(ImageError::NonFinite);
+        }
+        min = min.min(p);
+        max = max.max(p);
+    }
+    // In f64: an f32 `max - min` can round below the true range and push the top above 1.
+    let range = f64::from(max) - f64::from(min);
+    if range <= 0.0 || !range.is_finite() {
+        return Err(ImageError::Blank);
+    }
+    let inv = 1.0 / range;
+    Ok(pixels
+        .iter()
+        .map(|&p| (((f64::from(p) - f64::from(min)) * inv) as f32).clamp(0.0, 1.0))
+        .collect())
+}
