@@ -18,6 +18,7 @@ pub mod dicom;
 pub mod embedded;
 pub mod error;
 pub mod model;
+pub mod model_card;
 pub mod ood;
 pub mod preprocess;
 pub mod saliency;

@@ -1,5 +1,6 @@
 //! Small SVG charts for the run report: the ROC curve and the per-epoch curves. Plain SVG text,
-//! readable in any browser, with no plotting dependency.
+//! readable in any browser. Hand-written rather than `plotters`: plotters' text layout needs a
+//! font backend (ttf/ab_glyph, system fonts or a bundled font) that this 150-line file does not.
 
 use std::fmt::Write;
 
