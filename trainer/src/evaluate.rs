@@ -48,10 +48,7 @@ fn select(
         let run = RunDir::open(run);
         return Ok((
             run.read_split()?.valid,
-            format!(
-                "validation part of {}",
-                run.path().join("split.json").display()
-            ),
+            format!("validation part of {}", run.split_path().display()),
         ));
     }
     let recorded: HashSet<&String> = classifier.info().card.validation.files.iter().collect();

@@ -167,7 +167,7 @@ pub fn write_report(
         b.labels.clear();
         b
     });
-    let report = RunReport {
+    let mut report = RunReport {
         epochs_completed: state.epoch,
         best_epoch: state.best_epoch,
         best,
@@ -182,10 +182,10 @@ pub fn write_report(
             })
             .collect(),
         options: opts,
-        checkpoint: "best.cxrw",
-        pictures: ["roc.svg", "curves.svg"],
+        checkpoint: "",
+        pictures: ["", ""],
     };
-    run.write_report(&report, &curves(&rows))
+    run.write_report(&mut report, &curves(&rows))
 }
 
 /// The training curves: losses and validation AUC per epoch.

@@ -101,6 +101,10 @@ impl RunDir {
         self.file(BEST_CHECKPOINT)
     }
 
+    pub fn split_path(&self) -> PathBuf {
+        self.file(SPLIT)
+    }
+
     pub fn report_path(&self) -> PathBuf {
         self.file(REPORT)
     }
@@ -292,7 +296,10 @@ impl RunDir {
             .with_context(|| format!("{} (has the run finished an epoch?)", path.display()))
     }
 
-    pub fn write_report(&self, report: &RunReport, curves_svg: &str) -> Result<()> {
+    /// `report.json` (its checkpoint and picture names filled in here) and `curves.svg`.
+    pub fn write_report(&self, report: &mut RunReport, curves_svg: &str) -> Result<()> {
+        report.checkpoint = BEST_CHECKPOINT;
+        report.pictures = [ROC, CURVES];
         self.write_json(REPORT, report)?;
         write_atomic(&self.file(CURVES), curves_svg.as_bytes())
     }
