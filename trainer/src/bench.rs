@@ -332,7 +332,7 @@ pub fn safetensors(tensors: &[NamedTensor]) -> Vec<u8> {
         offset = end;
     }
     let mut text = serde_json::Value::Object(header).to_string().into_bytes();
-    while text.len() % 8 != 0 {
+    while !text.len().is_multiple_of(8) {
         text.push(b' ');
     }
     let mut out = Vec::with_capacity(8 + text.len() + offset);

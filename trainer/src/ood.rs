@@ -56,6 +56,9 @@ pub fn features_of(
     out
 }
 
+/// Features by file name, and the names of the unreadable files.
+pub type FolderFeatures = (Vec<(String, Vec<f32>)>, Vec<String>);
+
 /// Pooled features of every readable image file directly in `dir` (name, features); files
 /// that cannot be read as images are listed in the second vector.
 pub fn features_of_folder(
@@ -63,7 +66,7 @@ pub fn features_of_folder(
     dir: &Path,
     size: usize,
     device: &Device,
-) -> Result<(Vec<(String, Vec<f32>)>, Vec<String>)> {
+) -> Result<FolderFeatures> {
     let mut entries: Vec<_> = std::fs::read_dir(dir)
         .with_context(|| dir.display().to_string())?
         .flatten()

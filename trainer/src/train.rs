@@ -130,14 +130,15 @@ pub fn train(
     };
     let mut stopped_early = false;
     for epoch in t.state.epoch..opts.epochs {
-        if let Some(patience) = opts.patience {
-            if t.state.best_epoch > 0 && epoch >= t.state.best_epoch + patience {
-                stopped_early = true;
-                if !quiet {
-                    eprintln!("early stop: no better validation AUC for {patience} epochs");
-                }
-                break;
+        if let Some(patience) = opts.patience
+            && t.state.best_epoch > 0
+            && epoch >= t.state.best_epoch + patience
+        {
+            stopped_early = true;
+            if !quiet {
+                eprintln!("early stop: no better validation AUC for {patience} epochs");
             }
+            break;
         }
         let started = Instant::now();
         let (trained, train_loss, lr) = train_epoch(t, &opts, &plan, epoch, &device, quiet)?;

@@ -154,9 +154,8 @@ fn epoch_batches<'a>(
 
 fn tune(
     package: &Path,
-    train: &Cached,
+    (train, valid): (&Cached, &Cached),
     train_idx: &[usize],
-    valid: &Cached,
     augmented: Option<&Augmented>,
     o: &FinetuneOptions,
     device: &Device,
@@ -324,9 +323,8 @@ fn single(
     let augmented = s.augmented(o);
     let (best, epochs) = tune(
         package,
-        &s.train,
+        (&s.train, &s.valid),
         &all,
-        &s.valid,
         augmented.as_ref(),
         o,
         device,
@@ -377,9 +375,8 @@ fn cross_fit(
         };
         let (best, epochs) = tune(
             package,
-            train,
+            (train, valid),
             &fit,
-            valid,
             augmented.as_ref(),
             &fold_options,
             device,

