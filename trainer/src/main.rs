@@ -28,6 +28,11 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+/// The guarded system allocator (see `cxr::alloc_guard`): decoders run by `predict` and the data
+/// loader can then be held to a size cap where a file's numbers size their buffers.
+#[global_allocator]
+static ALLOCATOR: cxr::alloc_guard::GuardedAlloc = cxr::alloc_guard::GuardedAlloc;
+
 #[derive(Parser)]
 #[command(
     name = "trainer",
