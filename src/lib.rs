@@ -19,6 +19,7 @@ pub mod decode;
 pub mod embedded;
 pub mod error;
 pub mod model;
+pub mod model_card;
 pub mod ood;
 pub mod preprocess;
 pub mod saliency;

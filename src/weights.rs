@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::WeightsError;
 use crate::model::{ResNet, ResNetConfig};
+use crate::model_card::ModelCard;
 
 const MAGIC: &[u8; 4] = b"CXRW";
 /// Version of the file layout this build reads and writes.
@@ -45,9 +46,9 @@ pub struct ModelInfo {
     /// The not-a-chest-X-ray gate fitted at export (absent in older files).
     #[serde(default)]
     pub ood: Option<crate::ood::OodGate>,
-    /// Free-form model card (metrics, data, training command, date, intended use).
-    #[serde(default)]
-    pub card: serde_json::Value,
+    /// The model card (metrics, data, training command, date, gate measurements).
+    #[serde(default, deserialize_with = "crate::model_card::null_as_default")]
+    pub card: ModelCard,
 }
 
 impl ModelInfo {
@@ -61,7 +62,7 @@ impl ModelInfo {
             class_names: vec!["nofinding".into(), "effusion".into()],
             reference: None,
             ood: None,
-            card: serde_json::Value::Null,
+            card: ModelCard::default(),
         }
     }
 
@@ -203,25 +204,6 @@ pub fn decode(bytes: &[u8], device: &Device) -> Result<(ResNet, ModelInfo), Weig
         model.to_device(device)
     };
     Ok((model, info))
-}
-
-/// Write a weight file.
-#[cfg(not(target_family = "wasm"))]
-pub fn save(path: &std::path::Path, model: ResNet, info: &ModelInfo) -> Result<(), WeightsError> {
-    let bytes = encode(model, info)?;
-    // Write to a temporary file and rename: a crash never leaves a half-written weight file.
-    let tmp = path.with_extension("cxrw.tmp");
-    std::fs::write(&tmp, &bytes)
-        .and_then(|_| std::fs::rename(&tmp, path))
-        .map_err(|e| WeightsError::Io(format!("{}: {e}", path.display())))
-}
-
-/// Read a weight file.
-#[cfg(not(target_family = "wasm"))]
-pub fn load(path: &std::path::Path, device: &Device) -> Result<(ResNet, ModelInfo), WeightsError> {
-    let bytes =
-        std::fs::read(path).map_err(|e| WeightsError::Io(format!("{}: {e}", path.display())))?;
-    decode(&bytes, device)
 }
 
 #[cfg(test)]

@@ -4,19 +4,143 @@
 //! Each command prints one JSON object on stdout.
 
 use std::fs;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use anyhow::{Context, Result, anyhow, bail};
 use burn::module::Module;
 use burn::optim::{AdamWConfig, GradientsParams};
 use burn::tensor::{Device, Distribution, Tensor, TensorData};
+use clap::Subcommand;
 use cxr::classifier::Classifier;
 use cxr::model::{ConvKernel, NamedTensor, ResNetConfig};
 use cxr::preprocess::{decode, preprocess_luma};
 use serde_json::json;
 
-use crate::resnet50::ResNet50;
-use crate::train::{LossKind, loss};
+use crate::device::{self, DeviceChoice};
+use crate::objective::{LossKind, loss};
+use crate::transfer::imagenet;
+use crate::transfer::resnet50::ResNet50;
+use crate::validation::load_classifier;
+
+/// `trainer bench`: measurements for `./build.sh bench` (one JSON object on stdout).
+#[derive(Subcommand, Debug)]
+pub enum BenchCommand {
+    /// Training throughput: forward, weighted cross-entropy, backward, AdamW step on random input.
+    Train {
+        /// Width multiplier of the ResNet-18 layout.
+        #[arg(long, default_value_t = 0.25)]
+        width: f64,
+        #[arg(long, default_value_t = 16)]
+        batch_size: usize,
+        #[arg(long, default_value_t = 256)]
+        input_size: usize,
+        /// Timed steps (after the warm-up).
+        #[arg(long, default_value_t = 5)]
+        steps: usize,
+        #[arg(long, default_value_t = 2)]
+        warmup: usize,
+        /// Compute the convolutions as im2col + matmul (the inference default on the CPU) instead
+        /// of burn's conv2d.
+        #[arg(long)]
+        columns: bool,
+        #[arg(long, value_enum, default_value = "cpu")]
+        backend: DeviceChoice,
+    },
+    /// Single-image inference latency, model alone and with CAM.
+    Infer {
+        /// A .cxrw weight file; without it, the embedded model.
+        #[arg(long)]
+        weights: Option<PathBuf>,
+        #[arg(long, default_value = "tests/fixtures/normal0.png")]
+        image: PathBuf,
+        #[arg(long, default_value_t = 20)]
+        runs: usize,
+        #[arg(long, value_enum, default_value = "cpu")]
+        backend: DeviceChoice,
+    },
+    /// The fine-tuned ResNet-50's architecture against the web model: parameters, f16 weight
+    /// size and single-image latency, with ratios.
+    Resnet50 {
+        /// A .cxrw weight file; without it, the embedded model.
+        #[arg(long)]
+        weights: Option<PathBuf>,
+        /// Cache folder of the ImageNet package (see `trainer imagenet fetch`).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        #[arg(long, default_value_t = 20)]
+        runs: usize,
+        /// Also write the ResNet-50's f16 weights here (to measure their brotli size).
+        #[arg(long)]
+        f16_out: Option<PathBuf>,
+    },
+    /// Write the weights (safetensors, torchvision names), one preprocessed input and our logits
+    /// for it, for a PyTorch reference of the same network.
+    Interop {
+        #[arg(long)]
+        weights: Option<PathBuf>,
+        #[arg(long, default_value = "tests/fixtures/normal0.png")]
+        image: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+impl BenchCommand {
+    pub fn run(self) -> Result<()> {
+        let report = match self {
+            Self::Train {
+                width,
+                batch_size,
+                input_size,
+                steps,
+                warmup,
+                columns,
+                backend,
+            } => {
+                let (device, _) = device::select(backend)?;
+                let (batch, steps) = (batch_size.max(1), steps.max(1));
+                train_step(width, batch, input_size, steps, warmup, columns, &device)?
+            }
+            Self::Infer {
+                weights,
+                image,
+                runs,
+                backend,
+            } => {
+                let (device, _) = device::select(backend)?;
+                let started = Instant::now();
+                let classifier = load_classifier(weights.as_deref(), &device)?;
+                let load_ms = ms_since(started);
+                let mut report = inference(&classifier, &image, runs.max(1))?;
+                report["load_ms"] = json!(load_ms);
+                report
+            }
+            Self::Resnet50 {
+                weights,
+                dir,
+                runs,
+                f16_out,
+            } => {
+                let device = Device::flex();
+                let classifier = load_classifier(weights.as_deref(), &device)?;
+                let package = imagenet::ensure_in(dir, false)?;
+                let resnet50 = imagenet::load(&package, 1, 2, &device)?;
+                resnet50_vs_web(classifier, resnet50, runs.max(1), f16_out.as_deref())?
+            }
+            Self::Interop {
+                weights,
+                image,
+                out,
+            } => {
+                let classifier = load_classifier(weights.as_deref(), &Device::flex())?;
+                interop(&classifier, &image, &out)?
+            }
+        };
+        println!("{report}");
+        Ok(())
+    }
+}
 
 fn median(values: &[f64]) -> f64 {
     let mut v = values.to_vec();
@@ -44,7 +168,7 @@ pub fn train_step(
     warmup: usize,
     columns: bool,
     device: &Device,
-) -> Result<serde_json::Value, String> {
+) -> Result<serde_json::Value> {
     let arch = ResNetConfig::resnet18().with_width(width);
     let device = device.clone().autodiff();
     let kernel = if columns {
@@ -67,7 +191,7 @@ pub fn train_step(
         let l = loss(logits, &labels, LossKind::ClassWeighted, [1.0, 3.0], 1.0);
         let value: f32 = l.clone().into_scalar();
         if !value.is_finite() {
-            return Err(format!("the loss became {value} at step {step}"));
+            bail!("the loss became {value} at step {step}");
         }
         let grads = GradientsParams::from_grads(l.backward(), &model);
         model = optim.step(1e-3, model, grads);
@@ -84,18 +208,13 @@ pub fn train_step(
 
 /// Single-image latency of the model alone (preprocessed input → logits), and of the product's
 /// path with CAM and features, `runs` times each after one warm-up.
-pub fn inference(
-    classifier: &Classifier,
-    image: &Path,
-    runs: usize,
-) -> Result<serde_json::Value, String> {
-    let bytes = fs::read(image).map_err(|e| format!("{}: {e}", image.display()))?;
+pub fn inference(classifier: &Classifier, image: &Path, runs: usize) -> Result<serde_json::Value> {
+    let bytes = fs::read(image).with_context(|| image.display().to_string())?;
     let t = Instant::now();
-    let decoded = decode(&bytes).map_err(|e| e.to_string())?;
+    let decoded = decode(&bytes)?;
     let decode_ms = ms_since(t);
     let t = Instant::now();
-    let input =
-        preprocess_luma(&decoded, classifier.info().input_size).map_err(|e| e.to_string())?;
+    let input = preprocess_luma(&decoded, classifier.info().input_size)?;
     let preprocess_ms = ms_since(t);
     let model = classifier.model();
     let s = input.size;
@@ -156,7 +275,7 @@ pub fn resnet50_vs_web(
     resnet50: ResNet50,
     runs: usize,
     f16_out: Option<&Path>,
-) -> Result<serde_json::Value, String> {
+) -> Result<serde_json::Value> {
     let device = classifier.device();
     let s = classifier.info().input_size;
     let web = classifier.model();
@@ -180,15 +299,15 @@ pub fn resnet50_vs_web(
     let web_bytes = cxr::weights::to_f16(web.clone())
         .into_record()
         .into_bytes()
-        .map_err(|e| format!("{e:?}"))?
+        .map_err(|e| anyhow!("{e:?}"))?
         .len();
     let r50_params = resnet50.num_params();
     let r50_record = cxr::weights::to_f16(resnet50)
         .into_record()
         .into_bytes()
-        .map_err(|e| format!("{e:?}"))?;
+        .map_err(|e| anyhow!("{e:?}"))?;
     if let Some(path) = f16_out {
-        fs::write(path, &r50_record[..]).map_err(|e| format!("{}: {e}", path.display()))?;
+        fs::write(path, &r50_record[..]).with_context(|| path.display().to_string())?;
     }
     let (web_median, r50_median) = (median(&web_ms), median(&r50_ms));
     Ok(json!({
@@ -213,7 +332,7 @@ pub fn safetensors(tensors: &[NamedTensor]) -> Vec<u8> {
         offset = end;
     }
     let mut text = serde_json::Value::Object(header).to_string().into_bytes();
-    while text.len() % 8 != 0 {
+    while !text.len().is_multiple_of(8) {
         text.push(b' ');
     }
     let mut out = Vec::with_capacity(8 + text.len() + offset);
@@ -230,15 +349,11 @@ pub fn safetensors(tensors: &[NamedTensor]) -> Vec<u8> {
 /// What a PyTorch reference needs to check it computes what we compute: `model.safetensors`
 /// (torchvision names), `model.json` (architecture, input size), `input.bin` (the preprocessed
 /// `image`, f32 little-endian `[1, 1, s, s]`) and `reference.json` (our logits for it).
-pub fn interop(
-    classifier: &Classifier,
-    image: &Path,
-    out: &Path,
-) -> Result<serde_json::Value, String> {
-    fs::create_dir_all(out).map_err(|e| format!("{}: {e}", out.display()))?;
+pub fn interop(classifier: &Classifier, image: &Path, out: &Path) -> Result<serde_json::Value> {
+    fs::create_dir_all(out).with_context(|| out.display().to_string())?;
     let write = |name: &str, bytes: &[u8]| {
         let path = out.join(name);
-        fs::write(&path, bytes).map_err(|e| format!("{}: {e}", path.display()))
+        fs::write(&path, bytes).with_context(|| path.display().to_string())
     };
     let tensors = classifier.model().torchvision_tensors();
     write("model.safetensors", &safetensors(&tensors))?;
@@ -246,11 +361,11 @@ pub fn interop(
     write(
         "model.json",
         serde_json::to_string_pretty(&json!({"architecture": info.architecture, "input_size": info.input_size, "name": info.name}))
-            .map_err(|e| e.to_string())?
+            .map_err(|e| anyhow!("{e}"))?
             .as_bytes(),
     )?;
-    let bytes = fs::read(image).map_err(|e| format!("{}: {e}", image.display()))?;
-    let input = classifier.preprocess(&bytes).map_err(|e| e.to_string())?;
+    let bytes = fs::read(image).with_context(|| image.display().to_string())?;
+    let input = classifier.preprocess(&bytes)?;
     let raw: Vec<u8> = input.pixels.iter().flat_map(|v| v.to_le_bytes()).collect();
     write("input.bin", &raw)?;
     let logits = classifier.logits(&[&input.pixels])[0];

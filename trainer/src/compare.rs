@@ -1,58 +1,80 @@
 //! `compare`: a few short runs on the same split, each changing one thing, and a table.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
+use anyhow::Result;
 use burn::tensor::Device;
+use clap::Args;
 
-use crate::train::{LossKind, TrainOptions, train};
+use crate::device;
+use crate::objective::LossKind;
+use crate::options::{Session, TrainOptions};
+use crate::run_dir::RunDir;
+use crate::train::train;
 
-pub fn run(base: &TrainOptions, out: &Path, device: &Device, quiet: bool) -> Result<(), String> {
-    let mut variants: Vec<(&str, TrainOptions)> = Vec::new();
-    variants.push(("baseline", base.clone()));
+/// `trainer compare`.
+#[derive(Args, Debug)]
+pub struct CompareArgs {
+    /// Data folder: effusion/ + nofinding/, or NIH Data_Entry_2017.csv with its images.
+    #[arg(long)]
+    pub data: PathBuf,
+    #[command(flatten)]
+    pub options: TrainOptions,
+    #[command(flatten)]
+    pub session: Session,
+}
+
+impl CompareArgs {
+    pub fn run(self) -> Result<()> {
+        let (device, name) = device::select(self.session.backend)?;
+        eprintln!("backend: {name}");
+        let base = self.options.with_data(self.data);
+        run(&base, &self.session.out(), &device, self.session.quiet)
+    }
+}
+
+/// The variants: the baseline and one change each.
+fn variants(base: &TrainOptions) -> Vec<(&'static str, TrainOptions)> {
+    let mut variants = vec![("baseline", base.clone())];
     let mut v = base.clone();
     v.augment_p = 0.0;
     variants.push(("no augmentation", v));
     let mut v = base.clone();
-    v.loss = if base.loss == LossKind::Ce {
-        LossKind::ClassWeighted
+    let (loss, name) = if base.loss == LossKind::Ce {
+        (LossKind::ClassWeighted, "class-weighted loss")
     } else {
-        LossKind::Ce
+        (LossKind::Ce, "unweighted loss")
     };
-    variants.push((
-        if base.loss == LossKind::Ce {
-            "class-weighted loss"
-        } else {
-            "unweighted loss"
-        },
-        v,
-    ));
+    v.loss = loss;
+    variants.push((name, v));
     let mut v = base.clone();
     v.width = base.width * 2.0;
     variants.push(("double width", v));
+    variants
+}
+
+/// A variant's best epoch: validation AUC, its 95 % CI, epoch.
+type Best = (f64, Option<(f64, f64)>, usize);
+
+pub fn run(base: &TrainOptions, out: &Path, device: &Device, quiet: bool) -> Result<()> {
+    let baseline = RunDir::open(out.join("0-baseline"));
     let mut rows = Vec::new();
-    for (i, (name, opts)) in variants.iter().enumerate() {
-        let dir = out.join(format!("{i}-{}", name.replace(' ', "-")));
+    for (i, (name, opts)) in variants(base).iter().enumerate() {
+        let dir = RunDir::open(out.join(format!("{i}-{}", name.replace(' ', "-"))));
         if !quiet {
-            eprintln!("== {name} ({})", dir.display());
+            eprintln!("== {name} ({})", dir.path().display());
         }
         // Every variant uses the baseline's split.
         if i > 0 {
-            std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
-            std::fs::copy(out.join("0-baseline/split.json"), dir.join("split.json"))
-                .map_err(|e| e.to_string())?;
+            dir.copy_split_from(&baseline)?;
         }
         let started = std::time::Instant::now();
-        train(opts, &dir, device, false, quiet)?;
-        let best: Option<serde_json::Value> = std::fs::read(dir.join("best.json"))
+        train(opts, dir.path(), device, false, quiet)?;
+        let best: Option<Best> = dir
+            .read_best()
             .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok());
-        let best = best.and_then(|b| {
-            let auc = b["validation"]["auc"].as_f64()?;
-            let ci = b["validation"]["auc_ci95"]
-                .as_array()
-                .and_then(|a| Some((a.first()?.as_f64()?, a.get(1)?.as_f64()?)));
-            Some((auc, ci, b["epoch"].as_u64().unwrap_or(0) as usize))
-        });
+            .flatten()
+            .and_then(|b| Some((b.validation.auc?, b.validation.auc_ci95, b.epoch)));
         rows.push((name.to_string(), best, started.elapsed().as_secs_f64()));
     }
     println!("| variant | best validation AUC | 95 % CI | epoch | time (s) |");

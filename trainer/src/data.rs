@@ -19,9 +19,18 @@ pub const POSITIVE_DIR: &str = "effusion";
 pub const NEGATIVE_DIR: &str = "nofinding";
 pub const NIH_CSV: &str = "Data_Entry_2017.csv";
 
-const IMAGE_EXTENSIONS: &[&str] = &[
+/// The file extensions (lower case) of the image files the trainer reads from a folder: the
+/// formats `cxr::preprocess` decodes, and DICOM.
+pub const IMAGE_EXTENSIONS: &[&str] = &[
     "png", "jpg", "jpeg", "bmp", "tif", "tiff", "webp", "gif", "dcm", "dicom",
 ];
+
+/// Whether `path` names an image file by its extension (see [`IMAGE_EXTENSIONS`]).
+pub fn is_image_file(path: &Path) -> bool {
+    path.extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| IMAGE_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
+}
 
 #[derive(Debug, Error)]
 pub enum DataError {
@@ -109,7 +118,7 @@ pub fn discover(dir: &Path) -> Result<Dataset, DataError> {
     for item in candidates {
         match check_header(&dir.join(&item.file)) {
             Ok(()) => items.push(item),
-            Err(reason) => skipped.push((item.file, reason)),
+            Err(reason) => skipped.push((item.file, reason.to_string())),
         }
     }
     let data = Dataset {
@@ -136,8 +145,7 @@ fn list_images(dir: &Path) -> Result<Vec<String>, DataError> {
     for entry in fs::read_dir(dir).map_err(io)? {
         let entry = entry.map_err(io)?;
         let name = entry.file_name().to_string_lossy().into_owned();
-        let ext = name.rsplit('.').next().unwrap_or("").to_ascii_lowercase();
-        if entry.path().is_file() && IMAGE_EXTENSIONS.contains(&ext.as_str()) {
+        if entry.path().is_file() && is_image_file(&entry.path()) {
             files.push(name);
         }
     }
@@ -146,23 +154,18 @@ fn list_images(dir: &Path) -> Result<Vec<String>, DataError> {
 }
 
 /// Read only the header: cheap, and enough to catch empty, truncated-at-start and non-image files.
-fn check_header(path: &Path) -> Result<(), String> {
+fn check_header(path: &Path) -> anyhow::Result<()> {
     use std::io::Read;
     // DICOM: the magic after the preamble is enough here; its header is read at decode time.
     let mut head = [0u8; 132];
-    let n = fs::File::open(path)
-        .and_then(|mut f| f.read(&mut head))
-        .map_err(|e| e.to_string())?;
+    let n = fs::File::open(path).and_then(|mut f| f.read(&mut head))?;
     if cxr::dicom::is_dicom(&head[..n]) {
         return Ok(());
     }
-    let reader = image::ImageReader::open(path)
-        .map_err(|e| e.to_string())?
-        .with_guessed_format()
-        .map_err(|e| e.to_string())?;
-    let (w, h) = reader.into_dimensions().map_err(|e| e.to_string())?;
+    let reader = image::ImageReader::open(path)?.with_guessed_format()?;
+    let (w, h) = reader.into_dimensions()?;
     if w == 0 || h == 0 {
-        return Err("image has no pixels".into());
+        anyhow::bail!("image has no pixels");
     }
     Ok(())
 }

@@ -2,6 +2,7 @@
 //! Software Vulkan drivers (lavapipe, llvmpipe, SwiftShader) count as no GPU: they are far slower
 //! than the CPU backend for training.
 
+use anyhow::Result;
 use burn::tensor::Device;
 use clap::ValueEnum;
 
@@ -15,7 +16,7 @@ pub enum DeviceChoice {
 }
 
 /// The device and a line saying what it is.
-pub fn select(choice: DeviceChoice) -> Result<(Device, String), String> {
+pub fn select(choice: DeviceChoice) -> Result<(Device, String)> {
     let cpu = || Device::flex();
     match choice {
         DeviceChoice::Cpu => Ok((cpu(), "CPU (burn flex)".into())),

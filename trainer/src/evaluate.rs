@@ -1,25 +1,40 @@
 //! `evaluate`: the metrics of a model on a data folder.
 
 use std::collections::HashSet;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-use burn::tensor::Device;
+use anyhow::{Result, bail};
+use clap::Args;
 use cxr::Classifier;
 
-use crate::data::{self, Item, Split};
+use crate::data::{self, Item};
+use crate::device::{self, DeviceChoice};
 use crate::loader::LoaderConfig;
 use crate::metrics::Report;
-use crate::train::predict_all;
+use crate::run_dir::RunDir;
+use crate::validation::{load_classifier, predict_all};
 
-/// Load a weight file, or the embedded model.
-pub fn load_classifier(weights: Option<&Path>, device: &Device) -> Result<Classifier, String> {
-    match weights {
-        Some(path) => {
-            let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
-            Classifier::from_bytes(&bytes, device).map_err(|e| format!("{}: {e}", path.display()))
-        }
-        None => Classifier::embedded(device).map_err(|e| format!("embedded model: {e}")),
-    }
+/// `trainer evaluate`.
+#[derive(Args, Debug)]
+pub struct EvaluateArgs {
+    /// Data folder (effusion/ + nofinding/, or NIH layout).
+    #[arg(long)]
+    pub data: PathBuf,
+    /// A .cxrw weight file; without it, the model embedded in the app.
+    #[arg(long)]
+    pub weights: Option<PathBuf>,
+    /// Evaluate on the validation part of this run's split (RUN_DIR/split.json).
+    #[arg(long, conflicts_with = "all")]
+    pub run: Option<PathBuf>,
+    /// Evaluate every image in --data (by default: the validation files recorded in the
+    /// model's card when the data holds them, else every image).
+    #[arg(long)]
+    pub all: bool,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
+    #[arg(long, value_enum, default_value = "wgpu")]
+    pub backend: DeviceChoice,
 }
 
 /// Which images to evaluate, and a line saying why.
@@ -28,95 +43,85 @@ fn select(
     classifier: &Classifier,
     run: Option<&Path>,
     all: bool,
-) -> Result<(Vec<Item>, String), String> {
+) -> Result<(Vec<Item>, String)> {
     if let Some(run) = run {
-        let path = run.join("split.json");
-        let text =
-            std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-        let split: Split =
-            serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+        let run = RunDir::open(run);
         return Ok((
-            split.valid,
-            format!("validation part of {}", path.display()),
+            run.read_split()?.valid,
+            format!("validation part of {}", run.split_path().display()),
         ));
     }
-    let recorded: Option<HashSet<String>> = classifier.info().card["validation"]["files"]
-        .as_array()
-        .map(|files| {
-            files
-                .iter()
-                .filter_map(|f| f.as_str().map(String::from))
-                .collect()
-        });
-    if !all {
-        if let Some(recorded) = recorded.filter(|r| !r.is_empty()) {
-            let chosen: Vec<Item> = items
-                .iter()
-                .filter(|i| recorded.contains(&i.file))
-                .cloned()
-                .collect();
-            if chosen.len() == recorded.len() {
-                return Ok((
-                    chosen,
-                    format!(
-                        "the {} validation images recorded in the model card (--all for every image)",
-                        recorded.len()
-                    ),
-                ));
-            }
+    let recorded: HashSet<&String> = classifier.info().card.validation.files.iter().collect();
+    if !all && !recorded.is_empty() {
+        let chosen: Vec<Item> = items
+            .iter()
+            .filter(|i| recorded.contains(&i.file))
+            .cloned()
+            .collect();
+        if chosen.len() == recorded.len() {
+            return Ok((
+                chosen,
+                format!(
+                    "the {} validation images recorded in the model card (--all for every image)",
+                    recorded.len()
+                ),
+            ));
         }
     }
     Ok((items.to_vec(), "every image in the folder".into()))
 }
 
-pub fn run(
-    data_dir: &Path,
-    weights: Option<&Path>,
-    run: Option<&Path>,
-    all: bool,
-    json: bool,
-    device: &Device,
-) -> Result<(), String> {
-    let classifier = load_classifier(weights, device)?;
-    let data = data::discover(data_dir).map_err(|e| e.to_string())?;
-    let (items, why) = select(&data.items, &classifier, run, all)?;
-    if items.is_empty() {
-        return Err("no images to evaluate".into());
-    }
-    let loader = LoaderConfig {
-        batch_size: 16,
-        workers: 2,
-        prefetch: 2,
-        size: classifier.info().input_size,
-    };
-    let (scores, labels, _, _, failed) = predict_all(
-        classifier.model(),
-        &data.root,
-        &items,
-        &loader,
-        device,
-        json,
-    );
-    let report = Report::new(&scores, &labels, classifier.info().threshold);
-    if json {
-        let mut value = serde_json::to_value(&report).map_err(|e| e.to_string())?;
-        value["selection"] = why.into();
-        value["failed"] = failed.len().into();
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&value).map_err(|e| e.to_string())?
+impl EvaluateArgs {
+    pub fn run(self) -> Result<()> {
+        let (device, _) = device::select(self.backend)?;
+        let classifier = load_classifier(self.weights.as_deref(), &device)?;
+        let data = data::discover(&self.data)?;
+        let (items, why) = select(&data.items, &classifier, self.run.as_deref(), self.all)?;
+        if items.is_empty() {
+            bail!("no images to evaluate");
+        }
+        let loader = LoaderConfig {
+            batch_size: 16,
+            workers: 2,
+            prefetch: 2,
+            size: classifier.info().input_size,
+        };
+        let predictions = predict_all(
+            classifier.model(),
+            &data.root,
+            &items,
+            &loader,
+            &device,
+            self.json,
         );
-        return Ok(());
+        let failed = predictions.failed.len();
+        let report = Report::new(
+            &predictions.scores,
+            &predictions.labels,
+            classifier.info().threshold,
+        );
+        if self.json {
+            let mut value = serde_json::to_value(&report)?;
+            value["selection"] = why.into();
+            value["failed"] = failed.into();
+            println!("{}", serde_json::to_string_pretty(&value)?);
+            return Ok(());
+        }
+        println!("model:       {}", classifier.info().name);
+        println!(
+            "images:      {} ({} effusion), {why}",
+            report.images, report.positives
+        );
+        if failed > 0 || !data.skipped.is_empty() {
+            println!("unreadable:  {} skipped", failed + data.skipped.len());
+        }
+        print_report(&report);
+        Ok(())
     }
+}
+
+fn print_report(report: &Report) {
     let c = report.confusion;
-    println!("model:       {}", classifier.info().name);
-    println!(
-        "images:      {} ({} effusion), {why}",
-        report.images, report.positives
-    );
-    if !failed.is_empty() || !data.skipped.is_empty() {
-        println!("unreadable:  {} skipped", failed.len() + data.skipped.len());
-    }
     println!("AUC:         {}", report.auc_text());
     println!("threshold:   {:.3}", report.threshold);
     println!("accuracy:    {:.3}", report.accuracy);
@@ -125,5 +130,4 @@ pub fn run(
     println!("confusion:            predicted effusion  predicted no finding");
     println!("  effusion            {:>18}  {:>20}", c.tp, c.fn_);
     println!("  no finding          {:>18}  {:>20}", c.fp, c.tn);
-    Ok(())
 }

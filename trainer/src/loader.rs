@@ -2,11 +2,13 @@
 //! trains. Memory is bounded by `workers x (prefetch + 1)` batches, whatever the data set's size;
 //! batches come out in a fixed order, so a run is reproducible.
 
+use anyhow::anyhow;
 use std::path::PathBuf;
 use std::sync::mpsc::{Receiver, sync_channel};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
+use burn::tensor::{Device, Tensor, TensorData};
 use cxr::preprocess::preprocess;
 
 use crate::augment::{AugmentConfig, augment};
@@ -30,6 +32,12 @@ impl Batch {
     pub fn is_empty(&self) -> bool {
         self.labels.is_empty()
     }
+}
+
+/// The trainer's one builder of a model input: `n` preprocessed `size x size` images laid end to
+/// end, as a `[n, 1, size, size]` tensor on `device`.
+pub fn input_batch(pixels: Vec<f32>, n: usize, size: usize, device: &Device) -> Tensor<4> {
+    Tensor::<4>::from_data(TensorData::new(pixels, [n, 1, size, size]), device)
 }
 
 #[derive(Debug, Clone)]
@@ -103,7 +111,7 @@ impl Loader {
                             }
                             Err(message) => {
                                 if let Ok(mut f) = failures.lock() {
-                                    f.push((item.file.clone(), message));
+                                    f.push((item.file.clone(), format!("{message:#}")));
                                 }
                             }
                         }
@@ -123,11 +131,11 @@ impl Loader {
     }
 }
 
-fn load(root: &std::path::Path, item: &Item, size: usize) -> Result<Vec<f32>, String> {
-    let bytes = std::fs::read(root.join(&item.file)).map_err(|e| e.to_string())?;
+fn load(root: &std::path::Path, item: &Item, size: usize) -> anyhow::Result<Vec<f32>> {
+    let bytes = std::fs::read(root.join(&item.file)).map_err(|e| anyhow!("{e}"))?;
     preprocess(&bytes, size)
         .map(|p| p.pixels)
-        .map_err(|e| e.to_string())
+        .map_err(|e| anyhow!("{e}"))
 }
 
 impl Iterator for Loader {

@@ -1,7 +1,7 @@
 //! Metrics over a whole set of predictions (never per batch: AUC per batch is wrong under class
 //! imbalance).
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::rng::Rng;
 
@@ -125,13 +125,24 @@ pub fn threshold_for_sensitivity(scores: &[f32], labels: &[u8], target: f64) -> 
 }
 
 /// Counts at a threshold (predicted positive when `score >= threshold`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Confusion {
     pub tp: usize,
     pub fp: usize,
     pub tn: usize,
     #[serde(rename = "fn")]
     pub fn_: usize,
+}
+
+impl From<Confusion> for cxr::model_card::Confusion {
+    fn from(c: Confusion) -> Self {
+        Self {
+            tp: c.tp,
+            fp: c.fp,
+            tn: c.tn,
+            fn_: c.fn_,
+        }
+    }
 }
 
 impl Confusion {
@@ -177,7 +188,7 @@ impl Confusion {
 }
 
 /// Everything `evaluate` reports.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Report {
     pub images: usize,
     pub positives: usize,

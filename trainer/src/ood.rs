@@ -7,15 +7,15 @@
 //! The rule: the candidate that catches the most non-X-rays while flagging at most 5 % of the
 //! validation X-rays; ties go to the one flagging fewer X-rays.
 
+use anyhow::{Context, Result, anyhow, bail};
 use std::path::Path;
 
 use burn::tensor::Device;
 use cxr::ResNet;
 use cxr::ood::OodGate;
 use cxr::preprocess::preprocess;
-use serde::Serialize;
 
-use crate::data::Item;
+use crate::data::{Item, is_image_file};
 use crate::loader::{Failures, Loader, LoaderConfig};
 
 /// Shrinkage values tried, from plain Euclidean (1.0) to nearly full Mahalanobis.
@@ -56,6 +56,9 @@ pub fn features_of(
     out
 }
 
+/// Features by file name, and the names of the unreadable files.
+pub type FolderFeatures = (Vec<(String, Vec<f32>)>, Vec<String>);
+
 /// Pooled features of every readable image file directly in `dir` (name, features); files
 /// that cannot be read as images are listed in the second vector.
 pub fn features_of_folder(
@@ -63,23 +66,13 @@ pub fn features_of_folder(
     dir: &Path,
     size: usize,
     device: &Device,
-) -> Result<(Vec<(String, Vec<f32>)>, Vec<String>), String> {
+) -> Result<FolderFeatures> {
     let mut entries: Vec<_> = std::fs::read_dir(dir)
-        .map_err(|e| format!("{}: {e}", dir.display()))?
+        .with_context(|| dir.display().to_string())?
         .flatten()
         .map(|e| e.path())
         .filter(|p| p.is_file())
-        .filter(|p| {
-            let ext = p
-                .extension()
-                .and_then(|e| e.to_str())
-                .unwrap_or("")
-                .to_ascii_lowercase();
-            [
-                "png", "jpg", "jpeg", "bmp", "tif", "tiff", "webp", "gif", "dcm",
-            ]
-            .contains(&ext.as_str())
-        })
+        .filter(|p| is_image_file(p))
         .collect();
     entries.sort();
     let (mut good, mut bad) = (Vec::new(), Vec::new());
@@ -98,46 +91,25 @@ pub fn features_of_folder(
         let features =
             cxr::classifier::batch_features(model, input.pixels, 1, size, device).remove(0);
         if features.iter().any(|v| !v.is_finite()) {
-            return Err(format!(
-                "{name}: the model's features could not be read back"
-            ));
+            bail!("{name}: the model's features could not be read back");
         }
         good.push((name, features));
     }
     Ok((good, bad))
 }
 
-/// One candidate's measured rates.
-#[derive(Debug, Clone, Serialize)]
-pub struct Measured {
-    pub shrinkage: f64,
-    pub threshold: f32,
-    pub validation_flagged: usize,
-    pub validation_images: usize,
-    pub negatives_caught: usize,
-    pub negatives: usize,
-    /// Names of the non-X-rays the gate let through.
-    pub missed: Vec<String>,
-}
-
-impl Measured {
-    pub fn false_flag_rate(&self) -> f64 {
-        self.validation_flagged as f64 / self.validation_images.max(1) as f64
-    }
-    pub fn catch_rate(&self) -> f64 {
-        self.negatives_caught as f64 / self.negatives.max(1) as f64
-    }
-}
+/// One candidate's measured rates (the model card's type).
+pub type Measured = cxr::model_card::GateMeasurement;
 
 /// Fit every candidate on `train`, measure each, and return them with the index of the chosen one.
 pub fn choose(
     train: &[Vec<f32>],
     valid: &[Vec<f32>],
     negatives: &[(String, Vec<f32>)],
-) -> Result<(Vec<(OodGate, Measured)>, usize), String> {
+) -> Result<(Vec<(OodGate, Measured)>, usize)> {
     let mut all = Vec::new();
     for shrinkage in CANDIDATES {
-        let gate = OodGate::fit(train, shrinkage, TRAIN_QUANTILE).map_err(|e| e.to_string())?;
+        let gate = OodGate::fit(train, shrinkage, TRAIN_QUANTILE).map_err(|e| anyhow!("{e}"))?;
         let measured = Measured {
             shrinkage,
             threshold: gate.threshold,

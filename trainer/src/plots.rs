@@ -1,5 +1,6 @@
 //! Small SVG charts for the run report: the ROC curve and the per-epoch curves. Plain SVG text,
-//! readable in any browser, with no plotting dependency.
+//! readable in any browser. Hand-written rather than `plotters`: plotters' text layout needs a
+//! font backend (ttf/ab_glyph, system fonts or a bundled font) that this 150-line file does not.
 
 use std::fmt::Write;
 
@@ -57,10 +58,9 @@ pub fn line_chart(
     for i in 0..=4 {
         let t = i as f64 / 4.0;
         let (vx, vy) = (x.0 + t * (x.1 - x.0), y.0 + t * (y.1 - y.0));
-        let _ = write!(
+        let _ = writeln!(
             svg,
-            r##"<text x="{:.1}" y="{:.1}" text-anchor="middle">{}</text><text x="{:.1}" y="{:.1}" text-anchor="end">{}</text><line x1="{M}" y1="{:.1}" x2="{:.1}" y2="{:.1}" stroke="#eee"/>
-"##,
+            r##"<text x="{:.1}" y="{:.1}" text-anchor="middle">{}</text><text x="{:.1}" y="{:.1}" text-anchor="end">{}</text><line x1="{M}" y1="{:.1}" x2="{:.1}" y2="{:.1}" stroke="#eee"/>"##,
             sx(vx),
             H - M + 16.0,
             tick(vx),
@@ -78,10 +78,9 @@ pub fn line_chart(
             .iter()
             .map(|&(a, b)| format!("{:.1},{:.1}", sx(a), sy(b)))
             .collect();
-        let _ = write!(
+        let _ = writeln!(
             svg,
-            r##"<polyline fill="none" stroke="{}" stroke-width="2" points="{}"/><text x="{:.1}" y="{:.1}" fill="{}">{}</text>
-"##,
+            r##"<polyline fill="none" stroke="{}" stroke-width="2" points="{}"/><text x="{:.1}" y="{:.1}" fill="{}">{}</text>"##,
             s.color,
             path.join(" "),
             W - M - 130.0,

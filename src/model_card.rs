@@ -1,0 +1,163 @@
+//! The model card stored in a weight file's description ([`crate::ModelInfo::card`]): the
+//! validation figures, the training data and options, the not-a-chest-X-ray gate's measurements.
+//!
+//! Every field has a default (`#[serde(default)]`), so a card from an older file, or none at all
+//! (`null`), still loads; figures a file does not record are `None` (shown as "n/a").
+
+use serde::{Deserialize, Deserializer, Serialize};
+
+/// The model card.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ModelCard {
+    /// The training epoch whose weights these are (chosen by best validation AUC).
+    pub epoch: Option<usize>,
+    /// Date of training, YYYY-MM-DD.
+    pub date: Option<String>,
+    /// Number of parameters (recorded at export).
+    pub parameters: Option<u64>,
+    pub validation: Validation,
+    pub training: Training,
+    /// The not-a-chest-X-ray gate's measurements (recorded at export).
+    pub ood: Option<OodCard>,
+}
+
+/// Figures on the validation split, at the stored threshold.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Validation {
+    pub images: Option<usize>,
+    /// Images with effusion among them.
+    pub effusion: Option<usize>,
+    pub auc: Option<f64>,
+    pub auc_ci95: Option<(f64, f64)>,
+    pub threshold: Option<f64>,
+    /// How the threshold was chosen.
+    pub threshold_rule: Option<String>,
+    pub accuracy: Option<f64>,
+    pub sensitivity: Option<f64>,
+    pub specificity: Option<f64>,
+    pub confusion: Option<Confusion>,
+    /// The validation files, relative to the data folder.
+    pub files: Vec<String>,
+    /// Which weights the figures were measured with (e.g. "exported f16 weights").
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub weights: Option<String>,
+}
+
+/// Confusion matrix at the threshold.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Confusion {
+    pub tp: usize,
+    pub fp: usize,
+    pub tn: usize,
+    #[serde(rename = "fn")]
+    pub fn_: usize,
+}
+
+/// The training data and how the model was trained.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Training {
+    pub images: Option<usize>,
+    pub effusion: Option<usize>,
+    pub nofinding: Option<usize>,
+    /// "folder per class" or the NIH layout.
+    pub data_layout: Option<String>,
+    /// The trainer's options (their type belongs to the trainer).
+    pub options: serde_json::Value,
+    /// The command line that trained the model (recorded at export).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub command: Option<String>,
+}
+
+/// How the not-a-chest-X-ray gate was chosen and what it was measured to do.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct OodCard {
+    pub method: String,
+    pub chosen: Option<GateMeasurement>,
+    pub candidates: Vec<GateMeasurement>,
+    pub negatives_folder: String,
+    pub negatives_unreadable: Vec<String>,
+    pub rule: String,
+}
+
+/// One candidate gate's measured rates.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct GateMeasurement {
+    pub shrinkage: f64,
+    pub threshold: f32,
+    pub validation_flagged: usize,
+    pub validation_images: usize,
+    pub negatives_caught: usize,
+    pub negatives: usize,
+    /// Names of the non-X-rays the gate let through.
+    pub missed: Vec<String>,
+}
+
+impl GateMeasurement {
+    pub fn false_flag_rate(&self) -> f64 {
+        self.validation_flagged as f64 / self.validation_images.max(1) as f64
+    }
+
+    pub fn catch_rate(&self) -> f64 {
+        self.negatives_caught as f64 / self.negatives.max(1) as f64
+    }
+}
+
+/// A card that is `null` in the file (descriptions written without one) loads as the default.
+pub(crate) fn null_as_default<'de, D: Deserializer<'de>>(d: D) -> Result<ModelCard, D::Error> {
+    Ok(Option::<ModelCard>::deserialize(d)?.unwrap_or_default())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The card embedded in the shipped model, as the untyped JSON the file holds.
+    fn embedded_card_json() -> serde_json::Value {
+        let bytes = crate::embedded::MODEL;
+        let len = u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize;
+        let info: serde_json::Value = serde_json::from_slice(&bytes[12..12 + len]).unwrap();
+        info["card"].clone()
+    }
+
+    #[test]
+    fn the_shipped_model_card_loads_through_the_typed_card() {
+        let info = crate::weights::read_info(crate::embedded::MODEL).unwrap();
+        let raw = embedded_card_json();
+        let card = &info.card;
+        assert_eq!(card.validation.auc, raw["validation"]["auc"].as_f64());
+        assert!(
+            card.validation
+                .auc
+                .is_some_and(|a| (0.5..=1.0).contains(&a))
+        );
+        assert_eq!(
+            card.validation.threshold,
+            raw["validation"]["threshold"].as_f64()
+        );
+        assert!(card.validation.threshold.is_some());
+        assert_eq!(
+            card.validation.files.len(),
+            raw["validation"]["files"].as_array().unwrap().len()
+        );
+        assert!(!card.validation.files.is_empty());
+        assert_eq!(card.validation.images, Some(card.validation.files.len()));
+        assert!(card.ood.as_ref().is_some_and(|o| o.chosen.is_some()));
+        // Nothing is lost: the typed card writes back the JSON it was read from.
+        assert_eq!(serde_json::to_value(card).unwrap(), raw);
+    }
+
+    #[test]
+    fn missing_or_null_cards_load_as_empty() {
+        let card: ModelCard = serde_json::from_str("{}").unwrap();
+        assert_eq!(card, ModelCard::default());
+        let card: ModelCard = serde_json::from_str(r#"{"validation": {"auc": 0.8}}"#).unwrap();
+        assert_eq!(card.validation.auc, Some(0.8));
+        let card = null_as_default(serde_json::Value::Null).unwrap();
+        assert_eq!(card, ModelCard::default());
+    }
+}
