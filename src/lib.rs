@@ -28,8 +28,6 @@ pub mod weights;
 #[cfg(target_family = "wasm")]
 pub mod web;
 
-/// `cxr::dicom` before decoding moved to [`decode`] (the trainer's `cxr::dicom::is_dicom`).
-pub use decode::dicom;
 
 /// The unit tests run with the guarded allocator, as the programs do (the wasm page in `web`,
 /// the integration tests and fuzz targets in their own files, the trainer's binaries): the cap

@@ -15,9 +15,7 @@ mod tests;
 
 pub use resize::resize;
 
-// The decoding half moved to `crate::decode`; these stay reachable here for existing callers
-// (the trainer's `cxr::preprocess::{decode, check_file_size}`).
-pub use crate::decode::{LumaImage, check_file_size, decode};
+use crate::decode::{LumaImage, decode};
 
 use crate::error::ImageError;
 

@@ -1,6 +1,7 @@
 //! The preprocessing path end to end: decoding through normalisation and resizing.
 
 use super::*;
+use crate::decode::decode;
 use crate::decode::dicom::tests::{EXPLICIT_LE, file, ramp};
 use crate::decode::{DecodeLimits, dicom::decode_dicom};
 use image::{DynamicImage, ImageBuffer, ImageFormat, Luma, Rgb, Rgba};

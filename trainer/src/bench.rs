@@ -14,7 +14,8 @@ use burn::tensor::{Device, Distribution, Tensor, TensorData};
 use clap::Subcommand;
 use cxr::classifier::Classifier;
 use cxr::model::{ConvKernel, NamedTensor, ResNetConfig};
-use cxr::preprocess::{decode, preprocess_luma};
+use cxr::decode::decode;
+use cxr::preprocess::preprocess_luma;
 use serde_json::json;
 
 use crate::device::{self, DeviceChoice};

@@ -19,18 +19,6 @@ pub const POSITIVE_DIR: &str = "effusion";
 pub const NEGATIVE_DIR: &str = "nofinding";
 pub const NIH_CSV: &str = "Data_Entry_2017.csv";
 
-/// The file extensions (lower case) of the image files the trainer reads from a folder: the
-/// formats `cxr::preprocess` decodes, and DICOM.
-pub const IMAGE_EXTENSIONS: &[&str] = &[
-    "png", "jpg", "jpeg", "bmp", "tif", "tiff", "webp", "gif", "dcm", "dicom",
-];
-
-/// Whether `path` names an image file by its extension (see [`IMAGE_EXTENSIONS`]).
-pub fn is_image_file(path: &Path) -> bool {
-    path.extension()
-        .and_then(|e| e.to_str())
-        .is_some_and(|e| IMAGE_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
-}
 
 #[derive(Debug, Error)]
 pub enum DataError {
@@ -145,7 +133,7 @@ fn list_images(dir: &Path) -> Result<Vec<String>, DataError> {
     for entry in fs::read_dir(dir).map_err(io)? {
         let entry = entry.map_err(io)?;
         let name = entry.file_name().to_string_lossy().into_owned();
-        if entry.path().is_file() && is_image_file(&entry.path()) {
+        if entry.path().is_file() && has_image_extension(&entry.path()) {
             files.push(name);
         }
     }
@@ -159,7 +147,7 @@ fn check_header(path: &Path) -> anyhow::Result<()> {
     // DICOM: the magic after the preamble is enough here; its header is read at decode time.
     let mut head = [0u8; 132];
     let n = fs::File::open(path).and_then(|mut f| f.read(&mut head))?;
-    if cxr::dicom::is_dicom(&head[..n]) {
+    if cxr::decode::dicom::is_dicom(&head[..n]) {
         return Ok(());
     }
     let reader = image::ImageReader::open(path)?.with_guessed_format()?;

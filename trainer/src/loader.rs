@@ -34,11 +34,6 @@ impl Batch {
     }
 }
 
-/// The trainer's one builder of a model input: `n` preprocessed `size x size` images laid end to
-/// end, as a `[n, 1, size, size]` tensor on `device`.
-pub fn input_batch(pixels: Vec<f32>, n: usize, size: usize, device: &Device) -> Tensor<4> {
-    Tensor::<4>::from_data(TensorData::new(pixels, [n, 1, size, size]), device)
-}
 
 #[derive(Debug, Clone)]
 pub struct LoaderConfig {

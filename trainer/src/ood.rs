@@ -15,7 +15,8 @@ use cxr::ResNet;
 use cxr::ood::OodGate;
 use cxr::preprocess::preprocess;
 
-use crate::data::{Item, is_image_file};
+use crate::data::Item;
+use cxr::decode::has_image_extension;
 use crate::loader::{Failures, Loader, LoaderConfig};
 
 /// Shrinkage values tried, from plain Euclidean (1.0) to nearly full Mahalanobis.
@@ -72,7 +73,7 @@ pub fn features_of_folder(
         .flatten()
         .map(|e| e.path())
         .filter(|p| p.is_file())
-        .filter(|p| is_image_file(p))
+        .filter(|p| has_image_extension(p))
         .collect();
     entries.sort();
     let (mut good, mut bad) = (Vec::new(), Vec::new());

@@ -16,7 +16,8 @@ use cxr::{ResNet, ResNetConfig};
 use crate::augment::AugmentConfig;
 use crate::data::{self, Dataset, Item, Split};
 use crate::device;
-use crate::loader::{Failures, Loader, LoaderConfig, input_batch};
+use crate::loader::{Failures, Loader, LoaderConfig};
+use cxr::classifier::batch_input;
 use crate::metrics::Report;
 use crate::objective::{class_weights, distillation_loss, learning_rate, loss};
 use crate::options::{Session, TrainOptions};
@@ -355,7 +356,7 @@ fn train_epoch(
     for (i, batch) in batches.enumerate() {
         let n = batch.len();
         lr = learning_rate(opts.lr, epoch * steps_per_epoch + i, total_steps);
-        let x = input_batch(batch.pixels, n, opts.input_size, device);
+        let x = batch_input(batch.pixels, n, opts.input_size, device);
         let logits = t.model.forward(x);
         let l = loss(
             logits.clone(),

@@ -10,7 +10,8 @@ use cxr::model::global_average_pool;
 use super::imagenet::BGR_MEAN;
 use super::resnet50::ResNet50;
 use crate::data::Item;
-use crate::loader::{Failures, Loader, LoaderConfig, input_batch};
+use crate::loader::{Failures, Loader, LoaderConfig};
+use cxr::classifier::batch_input;
 
 /// What the frozen network gives for each image of `items`: the pooled 2048-d features
 /// (`Pooled`) or the output of the first three stages (`Res4`), image after image, with the
@@ -26,7 +27,7 @@ pub type Outputs = (Vec<f32>, Vec<u8>, Vec<usize>, Vec<String>);
 /// A loader batch of preprocessed `[0, 1]` one-channel images in Keras' "caffe" range.
 pub fn caffe_batch(pixels: Vec<f32>, n: usize, size: usize, device: &Device) -> Tensor<4> {
     let mean = BGR_MEAN.iter().sum::<f32>() / 3.0;
-    input_batch(pixels, n, size, device) * 255.0 - mean
+    batch_input(pixels, n, size, device) * 255.0 - mean
 }
 
 pub fn frozen_outputs(
