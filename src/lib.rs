@@ -28,7 +28,6 @@ pub mod weights;
 #[cfg(target_family = "wasm")]
 pub mod web;
 
-
 /// The unit tests run with the guarded allocator, as the programs do (the wasm page in `web`,
 /// the integration tests and fuzz targets in their own files, the trainer's binaries): the cap
 /// of [`alloc_guard`] only holds where a program installs it.

@@ -13,8 +13,8 @@ use burn::optim::{AdamWConfig, GradientsParams};
 use burn::tensor::{Device, Distribution, Tensor, TensorData};
 use clap::Subcommand;
 use cxr::classifier::Classifier;
-use cxr::model::{ConvKernel, NamedTensor, ResNetConfig};
 use cxr::decode::decode;
+use cxr::model::{ConvKernel, NamedTensor, ResNetConfig};
 use cxr::preprocess::preprocess_luma;
 use serde_json::json;
 

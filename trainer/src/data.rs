@@ -10,6 +10,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::fs;
 use std::path::{Path, PathBuf};
 
+use cxr::decode::has_image_extension;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
@@ -18,7 +19,6 @@ use crate::rng::Rng;
 pub const POSITIVE_DIR: &str = "effusion";
 pub const NEGATIVE_DIR: &str = "nofinding";
 pub const NIH_CSV: &str = "Data_Entry_2017.csv";
-
 
 #[derive(Debug, Error)]
 pub enum DataError {

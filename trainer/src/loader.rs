@@ -8,7 +8,6 @@ use std::sync::mpsc::{Receiver, sync_channel};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
-use burn::tensor::{Device, Tensor, TensorData};
 use cxr::preprocess::preprocess;
 
 use crate::augment::{AugmentConfig, augment};
@@ -33,7 +32,6 @@ impl Batch {
         self.labels.is_empty()
     }
 }
-
 
 #[derive(Debug, Clone)]
 pub struct LoaderConfig {

@@ -16,8 +16,8 @@ use cxr::ood::OodGate;
 use cxr::preprocess::preprocess;
 
 use crate::data::Item;
-use cxr::decode::has_image_extension;
 use crate::loader::{Failures, Loader, LoaderConfig};
+use cxr::decode::has_image_extension;
 
 /// Shrinkage values tried, from plain Euclidean (1.0) to nearly full Mahalanobis.
 pub const CANDIDATES: [f64; 4] = [1.0, 0.5, 0.1, 0.01];

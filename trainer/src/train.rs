@@ -17,7 +17,6 @@ use crate::augment::AugmentConfig;
 use crate::data::{self, Dataset, Item, Split};
 use crate::device;
 use crate::loader::{Failures, Loader, LoaderConfig};
-use cxr::classifier::batch_input;
 use crate::metrics::Report;
 use crate::objective::{class_weights, distillation_loss, learning_rate, loss};
 use crate::options::{Session, TrainOptions};
@@ -25,6 +24,7 @@ use crate::reporting::{Best, EpochResult, write_report};
 use crate::rng::Rng;
 use crate::run_dir::{RunDir, RunState, TeacherLogits, read_teacher};
 use crate::validation::{bar, predict_all};
+use cxr::classifier::batch_input;
 
 /// `trainer train`.
 #[derive(Args, Debug, Clone)]
