@@ -45,7 +45,7 @@ pub struct Validation {
     pub weights: Option<String>,
 }
 
-/// Confusion matrix at the threshold.
+/// Confusion matrix at the threshold (predicted positive when `score >= threshold`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Confusion {
     pub tp: usize,
@@ -53,6 +53,48 @@ pub struct Confusion {
     pub tn: usize,
     #[serde(rename = "fn")]
     pub fn_: usize,
+}
+
+impl Confusion {
+    pub fn at(scores: &[f32], labels: &[u8], threshold: f32) -> Self {
+        let mut c = Confusion {
+            tp: 0,
+            fp: 0,
+            tn: 0,
+            fn_: 0,
+        };
+        for (&s, &l) in scores.iter().zip(labels) {
+            match (s >= threshold, l == 1) {
+                (true, true) => c.tp += 1,
+                (true, false) => c.fp += 1,
+                (false, false) => c.tn += 1,
+                (false, true) => c.fn_ += 1,
+            }
+        }
+        c
+    }
+
+    fn ratio(a: usize, b: usize) -> f64 {
+        if a + b == 0 {
+            f64::NAN
+        } else {
+            a as f64 / (a + b) as f64
+        }
+    }
+
+    pub fn accuracy(&self) -> f64 {
+        Self::ratio(self.tp + self.tn, self.fp + self.fn_)
+    }
+
+    /// True-positive rate (recall of effusion).
+    pub fn sensitivity(&self) -> f64 {
+        Self::ratio(self.tp, self.fn_)
+    }
+
+    /// True-negative rate.
+    pub fn specificity(&self) -> f64 {
+        Self::ratio(self.tn, self.fp)
+    }
 }
 
 /// The training data and how the model was trained.

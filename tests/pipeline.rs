@@ -6,6 +6,14 @@ use burn::tensor::Device;
 use cxr::Classifier;
 use image::{DynamicImage, ImageFormat};
 
+/// The four NIH X-rays in tests/fixtures.
+const FIXTURES: [&str; 4] = [
+    "effusion10.png",
+    "effusion101.png",
+    "normal0.png",
+    "normal1.png",
+];
+
 fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures")
@@ -21,12 +29,7 @@ fn encode(image: &DynamicImage, format: ImageFormat) -> Vec<u8> {
 #[test]
 fn fixtures_are_classified_with_a_cam() {
     let classifier = Classifier::embedded(&Device::flex()).unwrap();
-    for name in [
-        "effusion10.png",
-        "effusion101.png",
-        "normal0.png",
-        "normal1.png",
-    ] {
+    for name in FIXTURES {
         let p = classifier
             .classify(&std::fs::read(fixture(name)).unwrap())
             .unwrap();
@@ -94,12 +97,7 @@ fn the_embedded_gate_flags_non_xrays_and_passes_real_xrays() {
         classifier.info().ood.is_some(),
         "the shipped model has a not-a-chest-X-ray gate"
     );
-    for name in [
-        "effusion10.png",
-        "effusion101.png",
-        "normal0.png",
-        "normal1.png",
-    ] {
+    for name in FIXTURES {
         let p = classifier
             .classify(&std::fs::read(fixture(name)).unwrap())
             .unwrap();

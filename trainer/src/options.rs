@@ -206,7 +206,7 @@ mod tests {
         let opts: TrainOptions = serde_json::from_str(saved).unwrap();
         assert_eq!((opts.epochs, opts.loss), (3, LossKind::CostMatrix));
         assert_eq!(opts.class_weights(), None);
-        let opts = Cli::parse_from(["trainer", "--class-weights", "1,2"]).options;
+        let opts = Cli::parse_from(["trainer", "--class-weights", "1", "2"]).options;
         assert_eq!(opts.class_weights(), Some([1.0, 2.0]));
     }
 

@@ -148,7 +148,7 @@ pub fn validation_card(report: &Report, target_sensitivity: f64, valid: &[Item])
         accuracy: Some(report.accuracy),
         sensitivity: Some(report.sensitivity),
         specificity: Some(report.specificity),
-        confusion: Some(report.confusion.into()),
+        confusion: Some(report.confusion),
         files: valid.iter().map(|i| i.file.clone()).collect(),
         weights: None,
     }

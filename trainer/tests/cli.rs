@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{dataset, fixtures, temp, trainer};
+use common::{dataset, fixtures, temp, tiny_run_args, trainer};
 
 #[test]
 fn predict_reports_each_file_and_fails_only_the_bad_ones() {
@@ -47,23 +47,9 @@ fn predict_reports_each_file_and_fails_only_the_bad_ones() {
 fn train_evaluate_resume_and_export() {
     let data = dataset("data");
     let run = temp("run");
-    let common = [
-        "--data",
-        data.to_str().unwrap(),
-        "--out",
-        run.to_str().unwrap(),
-        "--input-size",
-        "64",
-        "--width",
-        "0.125",
-        "--batch-size",
-        "4",
-        "--valid-fraction",
-        "0.34",
-        "--backend",
-        "cpu",
-        "--quiet",
-    ];
+    let mut common = tiny_run_args(&data, &run);
+    common.extend(["--backend", "cpu", "--quiet"].map(String::from));
+    let common: Vec<&str> = common.iter().map(String::as_str).collect();
     let out = trainer(&[&["train", "--epochs", "2"][..], &common[..]].concat());
     assert!(
         out.status.success(),

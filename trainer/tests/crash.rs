@@ -9,7 +9,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{dataset, temp, trainer};
+use common::{dataset, temp, tiny_run_args, trainer};
 
 /// Epochs of the crash-test runs (about 1 s each with the slowed writes).
 const EPOCHS: usize = 12;
@@ -19,21 +19,7 @@ fn spawn_train(data: &Path, run: &Path, resume: bool, slow_write_ms: Option<u64>
     if resume {
         cmd.args(["train", "--resume", run.to_str().unwrap()]);
     } else {
-        cmd.args([
-            "train",
-            "--data",
-            data.to_str().unwrap(),
-            "--out",
-            run.to_str().unwrap(),
-            "--input-size",
-            "64",
-            "--width",
-            "0.125",
-            "--batch-size",
-            "4",
-            "--valid-fraction",
-            "0.34",
-        ]);
+        cmd.arg("train").args(tiny_run_args(data, run));
     }
     cmd.args(["--epochs", &EPOCHS.to_string(), "--backend", "cpu"]);
     if let Some(ms) = slow_write_ms {

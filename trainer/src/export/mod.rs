@@ -134,7 +134,7 @@ fn revalidate(
     v.accuracy = Some(report.accuracy);
     v.sensitivity = Some(report.sensitivity);
     v.specificity = Some(report.specificity);
-    v.confusion = Some(report.confusion.into());
+    v.confusion = Some(report.confusion);
     v.weights = Some("exported f16 weights".into());
     Ok(())
 }

@@ -22,6 +22,28 @@ pub fn temp(name: &str) -> PathBuf {
     dir
 }
 
+/// `train` options for a tiny, fast run of `data` into `run` (64x64 input, 1/8 width, batch 4,
+/// a third of the images for validation).
+pub fn tiny_run_args(data: &Path, run: &Path) -> Vec<String> {
+    let (data, run) = (data.to_str().unwrap(), run.to_str().unwrap());
+    [
+        "--data",
+        data,
+        "--out",
+        run,
+        "--input-size",
+        "64",
+        "--width",
+        "0.125",
+        "--batch-size",
+        "4",
+        "--valid-fraction",
+        "0.34",
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
 /// A folder-per-class data set of the fixture X-rays, each written several times (as 8-bit
 /// PNG, and re-encoded) so a split has images on both sides.
 pub fn dataset(name: &str) -> PathBuf {
