@@ -3,6 +3,7 @@
 # writes bench/RESULTS.md. Needs dist/ (./build.sh builds it first). Creates bench/.venv (PyTorch
 # CPU, onnxruntime) and bench/node_modules (onnxruntime-web) on first use.
 # Environment: THREADS (native threads, default: all cores), RUNS (browser runs, default 30),
+# PAGE_RUNS (page drops, default 12),
 # BASELINE (a folder holding an earlier build's dist/ files and its `trainer` binary: measured in
 # the same run, alternating where it can, for before/after figures).
 set -euo pipefail

@@ -268,6 +268,9 @@ fn start(
     resume: bool,
     quiet: bool,
 ) -> Result<Trainee> {
+    // The weights' initialisation draws from the device's generator: seeded, so the same
+    // command gives the same run (the loader's order and augmentation are seeded already).
+    device.seed(opts.seed);
     let mut t = Trainee {
         model: arch.init(device),
         optim: AdamWConfig::new()

@@ -206,3 +206,34 @@ fn data_and_output_problems_are_clear_errors() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot create run folder"));
 }
+
+/// `metrics.csv` without its last column (seconds per epoch, which varies between runs).
+fn metrics_without_timing(run: &std::path::Path) -> String {
+    let metrics = std::fs::read_to_string(run.join("metrics.csv")).unwrap();
+    let rows: Vec<&str> = metrics
+        .lines()
+        .map(|line| line.rsplit_once(',').map_or(line, |(kept, _seconds)| kept))
+        .collect();
+    rows.join("\n")
+}
+
+#[test]
+fn the_same_command_gives_the_same_run() {
+    let data = dataset("repeat-data");
+    let runs = [temp("repeat-a"), temp("repeat-b")];
+    for run in &runs {
+        let mut args = vec!["train".to_string(), "--epochs".into(), "2".into()];
+        args.extend(tiny_run_args(&data, run));
+        args.extend(["--augment-p", "0.5", "--backend", "cpu", "--quiet"].map(String::from));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = trainer(&args);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let [a, b] = runs.map(|run| metrics_without_timing(&run));
+    assert_eq!(a.lines().count(), 3, "{a}");
+    assert_eq!(a, b, "two runs of the same command differ");
+}
