@@ -160,9 +160,8 @@ mod tests {
 
     /// The card embedded in the shipped model, as the untyped JSON the file holds.
     fn embedded_card_json() -> serde_json::Value {
-        let bytes = crate::embedded::MODEL;
-        let len = u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize;
-        let info: serde_json::Value = serde_json::from_slice(&bytes[12..12 + len]).unwrap();
+        let (description, _) = crate::weights::description_json(crate::embedded::MODEL).unwrap();
+        let info: serde_json::Value = serde_json::from_slice(description).unwrap();
         info["card"].clone()
     }
 

@@ -147,6 +147,15 @@ pub fn read_info(bytes: &[u8]) -> Result<ModelInfo, WeightsError> {
 }
 
 fn split(bytes: &[u8]) -> Result<(ModelInfo, &[u8]), WeightsError> {
+    let (description, pack) = description_json(bytes)?;
+    let info: ModelInfo =
+        serde_json::from_slice(description).map_err(|e| WeightsError::Config(e.to_string()))?;
+    info.validate()?;
+    Ok((info, pack))
+}
+
+/// A weight file's header checked, split into the description's JSON and the parameters.
+pub(crate) fn description_json(bytes: &[u8]) -> Result<(&[u8], &[u8]), WeightsError> {
     if bytes.len() < 12 {
         return Err(if bytes.starts_with(MAGIC) || bytes.is_empty() {
             WeightsError::Truncated(format!("{} bytes", bytes.len()))
@@ -172,10 +181,7 @@ fn split(bytes: &[u8]) -> Result<(ModelInfo, &[u8]), WeightsError> {
             bytes.len()
         )));
     }
-    let info: ModelInfo = serde_json::from_slice(&bytes[12..12 + len])
-        .map_err(|e| WeightsError::Config(e.to_string()))?;
-    info.validate()?;
-    Ok((info, &bytes[12 + len..]))
+    Ok((&bytes[12..12 + len], &bytes[12 + len..]))
 }
 
 /// Build the architecture a weight file describes, on `device`, and load its parameters (as f32).

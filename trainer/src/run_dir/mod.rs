@@ -92,6 +92,15 @@ impl RunDir {
         serde_json::from_str(&text).with_context(|| format!("{} is damaged", path.display()))
     }
 
+    /// [`Self::read_json`] for a file the run may not have yet.
+    fn read_json_if_any<T: DeserializeOwned>(&self, name: &str) -> Result<Option<T>> {
+        if self.file(name).is_file() {
+            self.read_json(name).map(Some)
+        } else {
+            Ok(None)
+        }
+    }
+
     fn write_json<T: Serialize + ?Sized>(&self, name: &str, value: &T) -> Result<()> {
         write_atomic(&self.file(name), &serde_json::to_vec_pretty(value)?)
     }
@@ -124,11 +133,7 @@ impl RunDir {
 
     /// The saved split, if the run has one.
     pub fn read_split_if_any(&self) -> Result<Option<Split>> {
-        if self.file(SPLIT).is_file() {
-            self.read_json(SPLIT).map(Some)
-        } else {
-            Ok(None)
-        }
+        self.read_json_if_any(SPLIT)
     }
 
     pub fn read_split(&self) -> Result<Split> {
@@ -282,11 +287,7 @@ impl RunDir {
 
     /// The best epoch's report (`best.json`), if there is one yet.
     pub fn read_best(&self) -> Result<Option<BestEpoch>> {
-        if self.file(BEST).is_file() {
-            self.read_json(BEST).map(Some)
-        } else {
-            Ok(None)
-        }
+        self.read_json_if_any(BEST)
     }
 
     /// The bytes of `best.cxrw`.

@@ -26,27 +26,40 @@ use crate::objective::{LossKind, class_weights, loss};
 use crate::rng::Rng;
 use crate::run_dir::{RunDir, TeacherLogits, write_teacher};
 
-/// Fine-tuning schedule, fixed before looking at any validation figure.
-#[derive(Debug, Clone)]
+/// Fine-tuning schedule, fixed before looking at any validation figure. Also the arguments of
+/// `trainer imagenet finetune` (the fields without a flag keep their defaults there).
+#[derive(Debug, Clone, PartialEq, clap::Args)]
 pub struct FinetuneOptions {
     /// Epochs with only the head trained (res5 frozen, its BatchNorm in inference mode).
+    #[arg(long, default_value_t = 3)]
     pub head_epochs: usize,
     /// Then epochs with res5 unfrozen.
+    #[arg(long, default_value_t = 9)]
     pub tune_epochs: usize,
+    #[arg(skip = 16_usize)]
     pub batch_size: usize,
+    #[arg(skip = 1e-3)]
     pub lr_head: f64,
     /// res5's learning rate (lower: its ImageNet filters are a starting point worth keeping).
+    #[arg(skip = 1e-4)]
     pub lr_backbone: f64,
+    #[arg(skip = 1e-4_f32)]
     pub weight_decay: f32,
+    #[arg(skip = 42_u64)]
     pub seed: u64,
-    /// Where to write the best epoch's logits of every training image (a distillation teacher).
+    /// Write the best epoch's logits for every training image here (a teacher for
+    /// `train --teacher`).
+    #[arg(long)]
     pub teacher_out: Option<std::path::PathBuf>,
-    /// 1: one fine-tuning on the whole training split; k > 1: cross-fitting (see [`finetune`]).
+    /// Cross-fit over this many folds of the training split: every training image's teacher
+    /// logits then come from a fine-tuning that did not see it (1: one fine-tuning).
+    #[arg(long, default_value_t = 1)]
     pub folds: usize,
-    /// Augmentation of the training images (probability, strength as `train`'s); with a
-    /// probability above 0 the frozen stages run again on every epoch's augmented images
-    /// instead of once.
+    /// Augment this fraction of the training images (as `train --augment-p`); above 0 the
+    /// frozen stages run on every epoch's augmented images instead of once (slower).
+    #[arg(long, default_value_t = 0.0)]
     pub augment_p: f32,
+    #[arg(long, default_value_t = 1.0)]
     pub augment_strength: f32,
 }
 
@@ -421,4 +434,27 @@ fn cross_fit(
         "ensemble_valid": {"auc": ensemble.auc, "auc_ci95": ensemble.auc_ci95},
         "out_of_fold_train": {"auc": oof_report.auc, "auc_ci95": oof_report.auc_ci95, "probability_between_0.1_and_0.9": uncertain, "images": n},
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::FinetuneOptions;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        options: FinetuneOptions,
+    }
+
+    #[test]
+    fn clap_defaults_are_the_default_schedule() {
+        assert_eq!(
+            Cli::parse_from(["finetune"]).options,
+            FinetuneOptions::default()
+        );
+        let set = Cli::parse_from(["finetune", "--folds", "5", "--tune-epochs", "4"]).options;
+        assert_eq!((set.folds, set.tune_epochs, set.batch_size), (5, 4, 16));
+    }
 }

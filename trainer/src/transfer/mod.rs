@@ -51,24 +51,8 @@ pub enum ImagenetCommand {
         run: PathBuf,
         #[arg(long)]
         dir: Option<PathBuf>,
-        #[arg(long, default_value_t = 3)]
-        head_epochs: usize,
-        #[arg(long, default_value_t = 9)]
-        tune_epochs: usize,
-        /// Write the best epoch's logits for every training image here (a teacher for
-        /// `train --teacher`).
-        #[arg(long)]
-        teacher_out: Option<PathBuf>,
-        /// Cross-fit over this many folds of the training split: every training image's
-        /// teacher logits then come from a fine-tuning that did not see it.
-        #[arg(long, default_value_t = 1)]
-        folds: usize,
-        /// Augment this fraction of the training images (as `train --augment-p`); above 0 the
-        /// frozen stages run on every epoch's augmented images instead of once (slower).
-        #[arg(long, default_value_t = 0.0)]
-        augment_p: f32,
-        #[arg(long, default_value_t = 1.0)]
-        augment_strength: f32,
+        #[command(flatten)]
+        options: FinetuneOptions,
     },
     /// Top-5 ImageNet classes of photos, with the pretrained network (checks the port).
     Classify {
@@ -90,26 +74,8 @@ impl ImagenetCommand {
                 let package = imagenet::ensure_in(dir, false)?;
                 println!("{}", probe(&package, &RunDir::open(run))?);
             }
-            Self::Finetune {
-                run,
-                dir,
-                head_epochs,
-                tune_epochs,
-                teacher_out,
-                folds,
-                augment_p,
-                augment_strength,
-            } => {
+            Self::Finetune { run, dir, options } => {
                 let package = imagenet::ensure_in(dir, false)?;
-                let options = FinetuneOptions {
-                    head_epochs,
-                    tune_epochs,
-                    teacher_out,
-                    folds,
-                    augment_p,
-                    augment_strength,
-                    ..Default::default()
-                };
                 println!("{}", finetune(&package, &RunDir::open(run), &options)?);
             }
             Self::Classify { files, dir } => classify(&files, dir)?,
