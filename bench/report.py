@@ -58,11 +58,15 @@ if browser:
     wl = browser["warm"]
     w(f"| runtime | ms per inference (median of {browser['runs']}) |")
     w("|---|---|")
-    w(f"| ours (wasm, burn flex, simd128; im2col columns, the default) | {ms(wl['ours_ms'])} |")
-    w(f"| ours with burn's conv2d | {ms(wl['ours_other_ms'])} |")
+    w(f"| ours (wasm, burn flex, simd128; the project's fused kernels, BatchNorm folded: the default) | {ms(wl['ours_ms'])} |")
+    if wl.get("ours_columns_ms"):
+        w(f"| ours with im2col columns and burn's BatchNorm (the previous default) | {ms(wl['ours_columns_ms'])} |")
+    w(f"| ours with burn's conv2d and BatchNorm | {ms(wl['ours_other_ms'])} |")
     w(f"| onnxruntime-web (wasm EP, 1 thread, SIMD) | {ms(wl['ort_ms'])} |")
     w(f"| ratio ours / ORT (goal ≤ 1.0) | {ratio(wl['ours_ms'], wl['ort_ms'])} |")
     w(f"| ratio default / burn's conv2d in wasm | {ratio(wl['ours_ms'], wl['ours_other_ms'])} |")
+    if wl.get("ours_columns_ms"):
+        w(f"| ratio default / im2col columns in wasm | {ratio(wl['ours_ms'], wl['ours_columns_ms'])} |")
 w("")
 
 w("## 2. Native training throughput (CPU)")
@@ -87,8 +91,12 @@ w("")
 w("| runtime | ms | ratio ours / it |")
 w("|---|---|---|")
 ours_ms = infer["logits_median_ms"]
-w(f"| ours (burn flex), model alone | {ms(ours_ms)} | 1 |")
-w(f"| ours before the convolution change (burn's conv2d) | {ms(infer['burn_conv_median_ms'])} | {ratio(ours_ms, infer['burn_conv_median_ms'])} (after / before) |")
+w(f"| ours (burn flex + the project's fused kernels, BatchNorm folded), model alone | {ms(ours_ms)} | 1 |")
+if "winograd_median_ms" in infer:
+    w(f"| ours with Winograd F(2x2, 3x3) for the 3x3 stride-1 convolutions (not the default: slower) | {ms(infer['winograd_median_ms'])} | {ratio(ours_ms, infer['winograd_median_ms'])} (fused / Winograd) |")
+if "columns_median_ms" in infer:
+    w(f"| ours with im2col columns and burn's BatchNorm (the previous default) | {ms(infer['columns_median_ms'])} | {ratio(ours_ms, infer['columns_median_ms'])} (fused / columns) |")
+w(f"| ours with burn's conv2d and BatchNorm | {ms(infer['burn_conv_median_ms'])} | {ratio(ours_ms, infer['burn_conv_median_ms'])} (fused / conv2d) |")
 w(f"| ours, with CAM and pooled features (the product's path) | {ms(infer['with_cam_median_ms'])} | |")
 w(f"| PyTorch {ref['torch']} (eager, inference_mode) | {ms(ref['infer']['pytorch_ms'])} | {ratio(ours_ms, ref['infer']['pytorch_ms'])} |")
 w(f"| onnxruntime {ref['onnxruntime']} (Python) | {ms(ref['infer']['onnxruntime_ms'])} | {ratio(ours_ms, ref['infer']['onnxruntime_ms'])} |")

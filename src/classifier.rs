@@ -6,7 +6,7 @@ use burn::tensor::{Device, Tensor, TensorData};
 use serde::Serialize;
 
 use crate::error::CxrError;
-use crate::model::ResNet;
+use crate::model::{FoldedFeatures, ResNet};
 use crate::preprocess::{Preprocessed, preprocess};
 use crate::weights::{self, ModelInfo};
 
@@ -50,6 +50,9 @@ pub fn effusion_probability(logits: [f32; 2]) -> f32 {
 #[derive(Debug)]
 pub struct Classifier {
     model: ResNet,
+    /// On the CPU: the features computed by the project's fused kernels, BatchNorms folded once
+    /// here (`None` on other devices, which keep burn's operations).
+    folded: Option<FoldedFeatures>,
     info: ModelInfo,
     device: Device,
 }
@@ -57,8 +60,11 @@ pub struct Classifier {
 impl Classifier {
     /// Wrap a model in inference mode.
     pub fn new(model: ResNet, info: ModelInfo, device: Device) -> Self {
+        let model = model.valid();
+        let folded = (device == Device::flex()).then(|| FoldedFeatures::new(&model));
         Self {
-            model: model.valid(),
+            model,
+            folded,
             info,
             device,
         }
@@ -87,6 +93,15 @@ impl Classifier {
         &self.device
     }
 
+    /// Last-stage features of an input batch: the fused CPU kernels on the CPU, burn's
+    /// operations elsewhere.
+    pub fn features(&self, x: Tensor<4>) -> Tensor<4> {
+        match &self.folded {
+            Some(folded) => folded.forward(x),
+            None => self.model.features(x),
+        }
+    }
+
     /// Decode and preprocess a file for this model.
     pub fn preprocess(&self, bytes: &[u8]) -> Result<Preprocessed, CxrError> {
         Ok(preprocess(bytes, self.info.input_size)?)
@@ -98,7 +113,7 @@ impl Classifier {
         let s = self.info.input_size;
         assert_eq!(input.pixels.len(), s * s, "input is not {s}x{s}");
         let x = batch_input(input.pixels.clone(), 1, s, &self.device);
-        let (logits, cam, features) = self.model.forward_all(x);
+        let (logits, cam, features) = self.model.outputs_from_features(self.features(x), [s, s]);
         RawOutput {
             logits,
             cam,
@@ -160,8 +175,15 @@ impl Classifier {
 
     /// Logits `[no finding, effusion]` for a batch of preprocessed images (no CAM).
     pub fn logits(&self, images: &[&[f32]]) -> Vec<[f32; 2]> {
-        let s = self.info.input_size;
-        batch_logits(&self.model, images.concat(), images.len(), s, &self.device)
+        let (n, s) = (images.len(), self.info.input_size);
+        if n == 0 {
+            return Vec::new();
+        }
+        let x = batch_input(images.concat(), n, s, &self.device);
+        read_rows(self.model.classify_features(self.features(x)))
+            .into_iter()
+            .map(|r| [r[0], r[1]])
+            .collect()
     }
 }
 

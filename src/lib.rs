@@ -4,6 +4,7 @@
 //!   size limits and the guards found by fuzzing.
 //! - [`preprocess`]: decoded luminance → normalised model input (the one path everything uses).
 //! - [`model`]: the ResNet and its class activation map.
+//! - [`kernels`]: the project's own CPU inference kernels, a burn backend extension.
 //! - [`weights`]: the `.cxrw` weight file (model + description).
 //! - [`classifier`]: inference from bytes to a [`classifier::Prediction`].
 //! - [`saliency`]: heat maps and overlays of the CAM.
@@ -18,6 +19,7 @@ pub mod classifier;
 pub mod decode;
 pub mod embedded;
 pub mod error;
+pub mod kernels;
 pub mod model;
 pub mod model_card;
 pub mod ood;

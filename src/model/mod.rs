@@ -3,6 +3,7 @@
 
 mod blocks;
 mod config;
+mod folded;
 mod kernel;
 #[cfg(test)]
 mod tests;
@@ -18,6 +19,7 @@ use burn::tensor::{Tensor, activation::relu, s};
 
 pub use blocks::{BasicBlock, Downsample, Stage};
 pub use config::ResNetConfig;
+pub use folded::FoldedFeatures;
 pub use kernel::ConvKernel;
 pub use torchvision::NamedTensor;
 
@@ -90,8 +92,19 @@ impl ResNet {
     /// Logits, the effusion CAM (as [`Self::forward_with_cam`]) and the pooled features, from
     /// one pass.
     pub fn forward_all(&self, x: Tensor<4>) -> (Tensor<2>, Tensor<3>, Tensor<2>) {
-        let [b, _, h, w] = x.dims();
-        let features = self.features(x);
+        let [_, _, h, w] = x.dims();
+        self.outputs_from_features(self.features(x), [h, w])
+    }
+
+    /// Logits, the effusion CAM at `input_size` and the pooled features from last-stage
+    /// features (however they were computed: see [`FoldedFeatures`]).
+    pub fn outputs_from_features(
+        &self,
+        features: Tensor<4>,
+        input_size: [usize; 2],
+    ) -> (Tensor<2>, Tensor<3>, Tensor<2>) {
+        let [h, w] = input_size;
+        let b = features.dims()[0];
         let pooled = self.pooled_features(features.clone());
         let logits = self.head.forward(pooled.clone());
         let cam = self.class_activation(features);

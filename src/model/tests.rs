@@ -40,6 +40,19 @@ fn torchvision_tensors_name_every_parameter_once() {
     assert_eq!(fc.shape, vec![2, 512]);
 }
 
+/// Largest difference between two tensors, relative to the first's largest magnitude (at least 1).
+fn relative_difference(reference: Tensor<4>, other: Tensor<4>) -> f32 {
+    let a = reference.into_data().try_to_vec::<f32>().unwrap();
+    let b = other.into_data().try_to_vec::<f32>().unwrap();
+    assert_eq!(a.len(), b.len());
+    let scale = a.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let diff = a
+        .iter()
+        .zip(&b)
+        .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+    diff / scale.max(1.0)
+}
+
 #[test]
 fn both_conv_kernels_compute_the_same_features() {
     let device = Device::flex();
@@ -47,26 +60,55 @@ fn both_conv_kernels_compute_the_same_features() {
         let model = arch.init(&device);
         for (b, size) in [(1, 64), (2, 37)] {
             let x = input(b, size, &device);
-            let conv = model
-                .features_with(x.clone(), ConvKernel::Burn)
-                .into_data()
-                .try_to_vec::<f32>()
-                .unwrap();
-            let cols = model
-                .features_with(x, ConvKernel::Columns)
-                .into_data()
-                .try_to_vec::<f32>()
-                .unwrap();
-            assert_eq!(conv.len(), cols.len());
-            let scale = conv.iter().fold(0f32, |m, v| m.max(v.abs()));
-            let diff = conv
-                .iter()
-                .zip(&cols)
-                .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
-            assert!(
-                diff <= 1e-4 * scale.max(1.0),
-                "difference {diff} (scale {scale})"
-            );
+            let conv = model.features_with(x.clone(), ConvKernel::Burn);
+            let cols = model.features_with(x, ConvKernel::Columns);
+            let diff = relative_difference(conv, cols);
+            assert!(diff <= 1e-4, "relative difference {diff}");
+        }
+    }
+}
+
+/// Random BatchNorm statistics and affine parameters, so folding them is really tested (fresh
+/// ones are the identity).
+fn randomise_batch_norms(model: ResNet, device: &Device) -> ResNet {
+    use burn::module::{Param, RunningState};
+    let randomise = |bn: &mut BatchNorm| {
+        let [c] = bn.gamma.dims();
+        let uniform = |lo, hi| Tensor::<1>::random([c], Distribution::Uniform(lo, hi), device);
+        bn.gamma = Param::from_tensor(uniform(0.5, 1.5));
+        bn.beta = Param::from_tensor(uniform(-0.5, 0.5));
+        bn.running_mean = RunningState::new(uniform(-0.3, 0.3));
+        bn.running_var = RunningState::new(uniform(0.5, 2.0));
+    };
+    let mut model = model;
+    randomise(&mut model.bn1);
+    for block in model.stages.iter_mut().flat_map(|s| s.blocks.iter_mut()) {
+        randomise(&mut block.bn1);
+        randomise(&mut block.bn2);
+        if let Some(d) = block.downsample.as_mut() {
+            randomise(&mut d.bn);
+        }
+    }
+    model
+}
+
+#[test]
+fn folded_batch_norms_and_fused_kernels_compute_the_same_features() {
+    let device = Device::flex();
+    device.seed(13);
+    for arch in [tiny(), ResNetConfig::resnet18().with_width(0.25)] {
+        let model = randomise_batch_norms(arch.init(&device), &device).valid();
+        for winograd in [false, true] {
+            let folded = FoldedFeatures::with_winograd(&model, winograd);
+            for (b, size) in [(1, 64), (2, 37)] {
+                let x = input(b, size, &device);
+                let reference = model.features_with(x.clone(), ConvKernel::Burn);
+                let diff = relative_difference(reference, folded.forward(x));
+                assert!(
+                    diff <= 1e-5,
+                    "winograd {winograd}: relative difference {diff}"
+                );
+            }
         }
     }
 }

@@ -14,7 +14,7 @@ use burn::tensor::{Device, Distribution, Tensor, TensorData};
 use clap::Subcommand;
 use cxr::classifier::Classifier;
 use cxr::decode::decode;
-use cxr::model::{ConvKernel, NamedTensor, ResNetConfig};
+use cxr::model::{ConvKernel, FoldedFeatures, NamedTensor, ResNetConfig};
 use cxr::preprocess::preprocess_luma;
 use serde_json::json;
 
@@ -219,15 +219,13 @@ pub fn inference(classifier: &Classifier, image: &Path, runs: usize) -> Result<s
     let preprocess_ms = ms_since(t);
     let model = classifier.model();
     let s = input.size;
-    let time_kernel = |kernel: ConvKernel, n: usize| -> Vec<f64> {
+    let time = |features: &dyn Fn(Tensor<4>) -> Tensor<4>, n: usize| -> Vec<f64> {
         let forward = || {
             let x = Tensor::<4>::from_data(
                 TensorData::new(input.pixels.clone(), [1, 1, s, s]),
                 classifier.device(),
             );
-            model
-                .classify_features(model.features_with(x, kernel))
-                .into_data()
+            model.classify_features(features(x)).into_data()
         };
         let _ = forward();
         (0..n)
@@ -238,11 +236,18 @@ pub fn inference(classifier: &Classifier, image: &Path, runs: usize) -> Result<s
             })
             .collect()
     };
-    // The convolutions computed both ways, alternating, so the comparison shares the machine's state.
-    let (mut logits_ms, mut burn_conv_ms) = (Vec::new(), Vec::new());
+    // The ways of computing the features, alternating in rounds of 5 so the comparison shares
+    // the machine's state: the classifier's (on the CPU, the fused kernels with folded
+    // BatchNorms), the same with Winograd F(2x2, 3x3) for the 3x3 stride-1 convolutions, im2col
+    // columns (the previous default) and burn's conv2d.
+    let winograd = FoldedFeatures::with_winograd(model, true);
+    let (mut logits_ms, mut columns_ms, mut burn_conv_ms) = (Vec::new(), Vec::new(), Vec::new());
+    let mut winograd_ms = Vec::new();
     for _ in 0..runs.div_ceil(5) {
-        logits_ms.extend(time_kernel(ConvKernel::for_device(classifier.device()), 5));
-        burn_conv_ms.extend(time_kernel(ConvKernel::Burn, 5));
+        logits_ms.extend(time(&|x| classifier.features(x), 5));
+        winograd_ms.extend(time(&|x| winograd.forward(x), 5));
+        columns_ms.extend(time(&|x| model.features_with(x, ConvKernel::Columns), 5));
+        burn_conv_ms.extend(time(&|x| model.features_with(x, ConvKernel::Burn), 5));
     }
     let with_cam_ms: Vec<f64> = (0..runs)
         .map(|_| {
@@ -260,6 +265,8 @@ pub fn inference(classifier: &Classifier, image: &Path, runs: usize) -> Result<s
         "model": classifier.info().name, "input_size": input.size,
         "decode_ms": decode_ms, "preprocess_ms": preprocess_ms,
         "logits_ms": logits_ms, "logits_median_ms": median(&logits_ms),
+        "winograd_ms": winograd_ms, "winograd_median_ms": median(&winograd_ms),
+        "columns_ms": columns_ms, "columns_median_ms": median(&columns_ms),
         "burn_conv_ms": burn_conv_ms, "burn_conv_median_ms": median(&burn_conv_ms),
         "with_cam_ms": with_cam_ms, "with_cam_median_ms": median(&with_cam_ms),
     }))

@@ -1,0 +1,266 @@
+//! A square convolution over an NCHW batch with its epilogue (bias, residual add, ReLU) fused:
+//! im2col by cache-sized segments of output pixels straight from NCHW (as onnxruntime's MLAS
+//! does), one matrix product per segment with the `gemm` crate (AVX2/AVX-512 natively, simd128
+//! in wasm), then the epilogue over the segment while it is still in cache.
+
+use gemm::Parallelism;
+
+/// Shape of one square convolution over an NCHW batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConvGeometry {
+    pub batch: usize,
+    pub in_channels: usize,
+    pub height: usize,
+    pub width: usize,
+    pub out_channels: usize,
+    pub kernel: usize,
+    pub stride: usize,
+    pub padding: usize,
+}
+
+impl ConvGeometry {
+    pub fn out_height(&self) -> usize {
+        (self.height + 2 * self.padding - self.kernel) / self.stride + 1
+    }
+
+    pub fn out_width(&self) -> usize {
+        (self.width + 2 * self.padding - self.kernel) / self.stride + 1
+    }
+
+    /// Length of one im2col column: the weights of one output channel.
+    pub fn patch_len(&self) -> usize {
+        self.in_channels * self.kernel * self.kernel
+    }
+
+    fn out_pixels(&self) -> usize {
+        self.out_height() * self.out_width()
+    }
+
+    fn in_pixels(&self) -> usize {
+        self.height * self.width
+    }
+
+    /// A 1x1 convolution without stride or padding reads its input as the column matrix.
+    fn is_pointwise(&self) -> bool {
+        self.kernel == 1 && self.stride == 1 && self.padding == 0
+    }
+
+    /// Output pixels per segment: the segment's columns (`patch_len` rows) fill about 128 KiB,
+    /// well inside a core's L2, and a segment is at least 64 pixels so the product stays
+    /// efficient.
+    fn segment_len(&self) -> usize {
+        const COLUMN_BYTES: usize = 128 * 1024;
+        let fit = COLUMN_BYTES / (4 * self.patch_len().max(1));
+        (fit / 16 * 16).max(64).min(self.out_pixels())
+    }
+}
+
+/// What happens to each output value after the multiply-adds, while its segment is in cache.
+#[derive(Debug, Clone, Copy)]
+pub struct Epilogue<'a> {
+    /// One value per output channel.
+    pub bias: &'a [f32],
+    /// Added before the ReLU (a residual connection); the output's shape.
+    pub residual: Option<&'a [f32]>,
+    pub relu: bool,
+}
+
+/// `input` `[batch, in, h, w]`, `weight` `[out, in * k * k]` (row-major, the (in, ky, kx) order
+/// of burn's and PyTorch's `[out, in, k, k]`) → `[batch, out, oh, ow]`.
+///
+/// # Panics
+/// When a slice's length does not match `geometry` (a programming error, not user input).
+pub fn conv2d(
+    input: &[f32],
+    geometry: ConvGeometry,
+    weight: &[f32],
+    epilogue: Epilogue<'_>,
+) -> Vec<f32> {
+    let g = geometry;
+    let out_len = g.batch * g.out_channels * g.out_pixels();
+    assert_eq!(input.len(), g.batch * g.in_channels * g.in_pixels());
+    assert_eq!(weight.len(), g.out_channels * g.patch_len());
+    assert_eq!(epilogue.bias.len(), g.out_channels);
+    assert!(epilogue.residual.is_none_or(|r| r.len() == out_len));
+    let mut out = vec![0f32; out_len];
+    let segment = g.segment_len();
+    let tasks: Vec<(usize, usize)> = (0..g.batch)
+        .flat_map(|b| (0..g.out_pixels()).step_by(segment).map(move |s| (b, s)))
+        .collect();
+    let out_ptr = SharedOut(out.as_mut_ptr());
+    let run = |&(b, start): &(usize, usize)| {
+        let end = (start + segment).min(g.out_pixels());
+        // SAFETY: every task writes only the columns [start, end) of its own image `b`, so no
+        // two tasks write the same element, and `out` outlives the loop.
+        unsafe { conv_segment(input, g, weight, epilogue, b, start..end, out_ptr) };
+    };
+    for_each_task(&tasks, run);
+    out
+}
+
+/// The output buffer, shared by tasks that write disjoint parts of it.
+#[derive(Clone, Copy)]
+struct SharedOut(*mut f32);
+// SAFETY: tasks write disjoint elements (see `conv2d`).
+unsafe impl Send for SharedOut {}
+unsafe impl Sync for SharedOut {}
+
+#[cfg(not(target_family = "wasm"))]
+fn for_each_task<T: Sync>(tasks: &[T], run: impl Fn(&T) + Sync + Send) {
+    use rayon::prelude::*;
+    tasks.par_iter().for_each(run);
+}
+
+/// One thread in wasm (threads there need cross-origin isolation and a nightly build-std).
+#[cfg(target_family = "wasm")]
+fn for_each_task<T: Sync>(tasks: &[T], run: impl Fn(&T) + Sync + Send) {
+    tasks.iter().for_each(run);
+}
+
+std::thread_local! {
+    /// Each thread's im2col segment, reused across calls (a fresh 128 KiB allocation per segment
+    /// would go to `mmap` and back).
+    static COLUMNS: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Output pixels `pixels` of image `b`: columns, product, epilogue.
+///
+/// # Safety
+/// `out` points to the whole `[batch, out, oh, ow]` output, and no other thread writes these
+/// pixels of image `b`.
+unsafe fn conv_segment(
+    input: &[f32],
+    g: ConvGeometry,
+    weight: &[f32],
+    epilogue: Epilogue<'_>,
+    b: usize,
+    pixels: std::ops::Range<usize>,
+    out: SharedOut,
+) {
+    let image = &input[b * g.in_channels * g.in_pixels()..][..g.in_channels * g.in_pixels()];
+    let out_image = b * g.out_channels * g.out_pixels();
+    let len = pixels.len();
+    // SAFETY (both calls): `out + out_image + pixels.start` with row stride `out_pixels` stays
+    // inside image `b`'s `[out, oh, ow]` block for `out_channels` rows of `len` values.
+    let dst = unsafe { out.0.add(out_image + pixels.start) };
+    if g.is_pointwise() {
+        let rhs = &image[pixels.start..];
+        unsafe { multiply(g, weight, rhs.as_ptr(), g.in_pixels(), len, dst) };
+    } else {
+        COLUMNS.with_borrow_mut(|columns| {
+            columns.resize(g.patch_len() * len, 0.0);
+            im2col_segment(image, g, pixels.clone(), columns);
+            unsafe { multiply(g, weight, columns.as_ptr(), len, len, dst) };
+        });
+    }
+    let rows = (0..g.out_channels).map(|c| out_image + c * g.out_pixels() + pixels.start);
+    for (c, row) in rows.enumerate() {
+        // SAFETY: the row's `len` values belong to this task (see above).
+        let values = unsafe { std::slice::from_raw_parts_mut(out.0.add(row), len) };
+        let residual = epilogue.residual.map(|r| &r[row..row + len]);
+        apply_epilogue(values, epilogue.bias[c], residual, epilogue.relu);
+    }
+}
+
+/// `dst[out, len] = weight[out, patch] · rhs[patch, len]`, `rhs` rows `rhs_stride` apart, `dst`
+/// rows `out_pixels` apart.
+///
+/// # Safety
+/// `rhs` holds `patch_len` rows of `len` values `rhs_stride` apart; `dst` holds `out_channels`
+/// rows of `len` values `out_pixels` apart.
+unsafe fn multiply(
+    g: ConvGeometry,
+    weight: &[f32],
+    rhs: *const f32,
+    rhs_stride: usize,
+    len: usize,
+    dst: *mut f32,
+) {
+    let (m, k) = (g.out_channels, g.patch_len());
+    // SAFETY: the caller's contract; `weight` is `[m, k]` row-major (checked in `conv2d`).
+    unsafe {
+        gemm::gemm(
+            m,
+            len,
+            k,
+            dst,
+            1,
+            g.out_pixels() as isize,
+            false,
+            weight.as_ptr(),
+            1,
+            k as isize,
+            rhs,
+            1,
+            rhs_stride as isize,
+            0.0,
+            1.0,
+            false,
+            false,
+            false,
+            Parallelism::None,
+        );
+    }
+}
+
+/// Bias, residual and ReLU over one output row segment.
+fn apply_epilogue(values: &mut [f32], bias: f32, residual: Option<&[f32]>, relu: bool) {
+    match (residual, relu) {
+        (Some(r), true) => values
+            .iter_mut()
+            .zip(r)
+            .for_each(|(v, r)| *v = (*v + bias + r).max(0.0)),
+        (Some(r), false) => values.iter_mut().zip(r).for_each(|(v, r)| *v += bias + r),
+        (None, true) => values.iter_mut().for_each(|v| *v = (*v + bias).max(0.0)),
+        (None, false) => values.iter_mut().for_each(|v| *v += bias),
+    }
+}
+
+/// The im2col columns of output pixels `pixels` of one image: row `(c, ky, kx)` holds, for
+/// each of those pixels, the input value under that tap (zero in the padding).
+fn im2col_segment(
+    image: &[f32],
+    g: ConvGeometry,
+    pixels: std::ops::Range<usize>,
+    columns: &mut [f32],
+) {
+    let (k, ow, len) = (g.kernel, g.out_width(), pixels.len());
+    let taps = (0..g.in_channels)
+        .flat_map(|c| (0..k).flat_map(move |ky| (0..k).map(move |kx| (c, ky, kx))));
+    for ((c, ky, kx), row) in taps.zip(columns.chunks_exact_mut(len)) {
+        let plane = &image[c * g.in_pixels()..][..g.in_pixels()];
+        let mut p = pixels.start;
+        while p < pixels.end {
+            let (oy, ox) = (p / ow, p % ow);
+            let run = (ow - ox).min(pixels.end - p);
+            let dst = &mut row[p - pixels.start..][..run];
+            let iy = (oy * g.stride + ky) as isize - g.padding as isize;
+            if iy < 0 || iy as usize >= g.height {
+                dst.fill(0.0);
+            } else {
+                let src = &plane[iy as usize * g.width..][..g.width];
+                gather_row(dst, src, ox * g.stride + kx, g);
+            }
+            p += run;
+        }
+    }
+}
+
+/// `dst[j] = src[first + j * stride - padding]`, zero outside `src`.
+fn gather_row(dst: &mut [f32], src: &[f32], first: usize, g: ConvGeometry) {
+    let (stride, pad) = (g.stride, g.padding);
+    if stride == 1 {
+        // Pixels left of the image, then a straight copy, then pixels right of it.
+        let lead = pad.saturating_sub(first).min(dst.len());
+        let start = (first + lead) - pad;
+        let body = (src.len().saturating_sub(start)).min(dst.len() - lead);
+        dst[..lead].fill(0.0);
+        dst[lead..lead + body].copy_from_slice(&src[start..start + body]);
+        dst[lead + body..].fill(0.0);
+    } else {
+        for (j, d) in dst.iter_mut().enumerate() {
+            let ix = (first + j * stride).wrapping_sub(pad);
+            *d = src.get(ix).copied().unwrap_or(0.0);
+        }
+    }
+}

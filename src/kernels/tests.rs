@@ -1,0 +1,161 @@
+//! The kernels against burn's own operations on random shapes: odd sizes, stride 2, padding,
+//! batches of more than one.
+
+use burn::nn::conv::Conv2dConfig;
+use burn::nn::pool::MaxPool2dConfig;
+use burn::nn::{PaddingConfig2d, Relu};
+use burn::tensor::{Device, Distribution, Tensor};
+
+use super::{conv_bias, conv_bias_add_relu, max_pool};
+
+const TOLERANCE: f32 = 1e-5;
+
+fn random(shape: [usize; 4], device: &Device) -> Tensor<4> {
+    Tensor::random(shape, Distribution::Normal(0.0, 1.0), device)
+}
+
+/// Largest difference relative to the reference's largest magnitude (at least 1).
+fn relative_difference(ours: Tensor<4>, reference: Tensor<4>) -> f32 {
+    assert_eq!(ours.dims(), reference.dims());
+    let scale = reference.clone().abs().max().into_scalar::<f32>().max(1.0);
+    (ours - reference).abs().max().into_scalar::<f32>() / scale
+}
+
+/// `(batch, in, out, h, w, k, stride)` with padding `k / 2`, as the model's convolutions.
+const SHAPES: [(usize, usize, usize, usize, usize, usize, usize); 8] = [
+    (1, 1, 4, 19, 23, 7, 2),
+    (2, 3, 5, 9, 7, 3, 1),
+    (3, 4, 6, 11, 13, 3, 2),
+    (1, 8, 16, 16, 16, 3, 1),
+    (2, 5, 7, 10, 9, 1, 2),
+    (1, 6, 3, 5, 8, 1, 1),
+    (1, 16, 32, 33, 31, 3, 2),
+    (2, 2, 3, 1, 1, 3, 1),
+];
+
+#[test]
+fn fused_convolution_matches_burns_conv_bias_and_relu() {
+    let device = Device::flex();
+    device.seed(7);
+    for (batch, cin, cout, h, w, k, stride) in SHAPES {
+        let conv = Conv2dConfig::new([cin, cout], [k, k])
+            .with_stride([stride, stride])
+            .with_padding(PaddingConfig2d::Explicit(k / 2, k / 2, k / 2, k / 2))
+            .init(&device);
+        let bias = conv.bias.as_ref().expect("bias by default").val();
+        let x = random([batch, cin, h, w], &device);
+        for relu in [false, true] {
+            let reference = conv.forward(x.clone());
+            let reference = if relu {
+                Relu::new().forward(reference)
+            } else {
+                reference
+            };
+            let ours = conv_bias(
+                x.clone(),
+                conv.weight.val(),
+                bias.clone(),
+                stride,
+                k / 2,
+                relu,
+            );
+            let diff = relative_difference(ours, reference);
+            assert!(
+                diff < TOLERANCE,
+                "{batch}x{cin}x{h}x{w} k{k} s{stride}: {diff}"
+            );
+        }
+    }
+}
+
+#[test]
+fn fused_residual_matches_burns_conv_plus_add_and_relu() {
+    let device = Device::flex();
+    device.seed(11);
+    for (batch, cin, cout, h, w, k, stride) in SHAPES {
+        let conv = Conv2dConfig::new([cin, cout], [k, k])
+            .with_stride([stride, stride])
+            .with_padding(PaddingConfig2d::Explicit(k / 2, k / 2, k / 2, k / 2))
+            .init(&device);
+        let bias = conv.bias.as_ref().expect("bias by default").val();
+        let x = random([batch, cin, h, w], &device);
+        let reference = conv.forward(x.clone());
+        let residual = random(reference.dims(), &device);
+        let reference = Relu::new().forward(reference + residual.clone());
+        let ours = conv_bias_add_relu(x, conv.weight.val(), bias, residual, stride, k / 2);
+        let diff = relative_difference(ours, reference);
+        assert!(
+            diff < TOLERANCE,
+            "{batch}x{cin}x{h}x{w} k{k} s{stride}: {diff}"
+        );
+    }
+}
+
+#[test]
+fn max_pool_matches_burns_on_odd_and_even_sizes() {
+    let device = Device::flex();
+    device.seed(3);
+    let pool = MaxPool2dConfig::new([3, 3])
+        .with_strides([2, 2])
+        .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
+        .init();
+    for shape in [
+        [1, 1, 8, 8],
+        [2, 3, 7, 9],
+        [1, 4, 1, 1],
+        [3, 2, 2, 5],
+        [1, 16, 64, 64],
+    ] {
+        // Negative inputs too: the padding must never win.
+        let x = random(shape, &device) - 2.0;
+        let diff = relative_difference(max_pool(x.clone()), pool.forward(x));
+        assert_eq!(diff, 0.0, "{shape:?}");
+    }
+}
+
+#[test]
+fn a_non_contiguous_input_gives_the_same_result() {
+    let device = Device::flex();
+    device.seed(5);
+    let conv = Conv2dConfig::new([3, 4], [3, 3])
+        .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
+        .init(&device);
+    let bias = conv.bias.as_ref().expect("bias by default").val();
+    // A transposed view: burn-flex keeps it strided until something needs it contiguous.
+    let x = random([1, 3, 9, 6], &device).swap_dims(2, 3);
+    let reference = conv.forward(x.clone());
+    let ours = conv_bias(x, conv.weight.val(), bias, 1, 1, false);
+    assert!(relative_difference(ours, reference) < TOLERANCE);
+}
+
+#[test]
+fn winograd_matches_burns_3x3_convolution() {
+    use super::{winograd_bias, winograd_bias_add_relu, winograd_filters};
+    let device = Device::flex();
+    device.seed(17);
+    for (batch, cin, cout, h, w) in [
+        (1, 3, 4, 8, 8),
+        (2, 5, 7, 9, 11),
+        (1, 16, 16, 64, 64),
+        (3, 2, 3, 1, 3),
+    ] {
+        let conv = Conv2dConfig::new([cin, cout], [3, 3])
+            .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
+            .init(&device);
+        let bias = conv.bias.as_ref().expect("bias by default").val();
+        let filters = winograd_filters(conv.weight.val());
+        let x = random([batch, cin, h, w], &device);
+        let reference = conv.forward(x.clone());
+        let ours = winograd_bias(x.clone(), filters.clone(), bias.clone(), false);
+        let diff = relative_difference(ours, reference.clone());
+        assert!(diff < TOLERANCE, "{batch}x{cin}x{h}x{w}: {diff}");
+        let residual = random(reference.dims(), &device);
+        let reference = Relu::new().forward(reference + residual.clone());
+        let ours = winograd_bias_add_relu(x, filters, bias, residual);
+        let diff = relative_difference(ours, reference);
+        assert!(
+            diff < TOLERANCE,
+            "{batch}x{cin}x{h}x{w} with residual: {diff}"
+        );
+    }
+}
