@@ -171,7 +171,7 @@ impl Session {
             }
         }
         let mut groups: Vec<UnreadableGroup> = groups.into_values().collect();
-        groups.sort_by(|a, b| b.count.cmp(&a.count));
+        groups.sort_by_key(|g| std::cmp::Reverse(g.count));
         groups
     }
 
