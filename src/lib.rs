@@ -9,6 +9,10 @@
 //! - [`classifier`]: inference from bytes to a [`classifier::Prediction`].
 //! - [`saliency`]: heat maps and overlays of the CAM.
 //! - [`batch`]: batch results and their CSV export.
+//! - [`metrics`]: AUC, bootstrap CI, ROC, threshold choice (the trainer's and the page's).
+//! - [`labels`]: which dropped files are labelled how (class folders or a labels CSV).
+//! - [`validation`]: a streaming validation session on the user's own labelled images.
+//! - [`plots`]: SVG charts (the ROC curve); [`rng`]: the seeded generator.
 //! - [`ood`]: the not-a-chest-X-ray gate on the model's features.
 //! - [`embedded`]: the default model compiled into the crate.
 //! - `web` (wasm only): the wasm-bindgen surface of the page.
@@ -20,11 +24,16 @@ pub mod decode;
 pub mod embedded;
 pub mod error;
 pub mod kernels;
+pub mod labels;
+pub mod metrics;
 pub mod model;
 pub mod model_card;
 pub mod ood;
+pub mod plots;
 pub mod preprocess;
+pub mod rng;
 pub mod saliency;
+pub mod validation;
 pub mod weights;
 
 #[cfg(target_family = "wasm")]

@@ -302,3 +302,116 @@ pub fn batch_csv(rows: JsValue) -> Result<String, JsError> {
 pub fn model_card() -> String {
     crate::embedded::MODEL_CARD.to_string()
 }
+
+/// What validation mode needs of one file: the probability and the not-a-chest-X-ray flag.
+#[derive(Serialize)]
+struct Score {
+    probability: f32,
+    ood: Option<bool>,
+}
+
+/// Score the bytes of one file for validation mode: the same path as [`classify`], without
+/// sending the preview and heat map back. Rejects as [`classify`] does (with `error.code`).
+#[wasm_bindgen]
+pub async fn score(bytes: Vec<u8>) -> Result<JsValue, JsValue> {
+    let (classifier, backend) = current()?;
+    let prediction = run(&classifier, &bytes, &backend)
+        .await
+        .map_err(coded_error)?;
+    Ok(to_js(&Score {
+        probability: prediction.probability,
+        ood: prediction.ood,
+    })?)
+}
+
+/// Indices of the CSV files among the dropped files' `names` (the page reads only those).
+#[wasm_bindgen]
+pub fn csv_indices(names: Vec<String>) -> Vec<u32> {
+    crate::labels::csv_names(&names)
+        .into_iter()
+        .map(|i| i as u32)
+        .collect()
+}
+
+/// The labelled set among the dropped files (`names`: relative paths), given the CSV files'
+/// names and texts; `null` when they are not a labelled set. Rejects with the CSV's problem
+/// (`error.code` = `labels`).
+#[wasm_bindgen]
+pub fn label_set(
+    names: Vec<String>,
+    csv_names: Vec<String>,
+    csv_texts: Vec<String>,
+) -> Result<JsValue, JsValue> {
+    let csvs: Vec<(String, String)> = csv_names.into_iter().zip(csv_texts).collect();
+    match crate::labels::recognise(&names, &csvs) {
+        Ok(set) => Ok(to_js(&set)?),
+        Err(e) => {
+            let error = js_sys::Error::new(&e.to_string());
+            let _ = js_sys::Reflect::set(&error, &"code".into(), &"labels".into());
+            Err(error.into())
+        }
+    }
+}
+
+/// A validation session of the loaded model (see [`crate::validation::Session`]): add one
+/// scored or unreadable file at a time, read the figures at any threshold.
+#[wasm_bindgen]
+pub struct Validation {
+    session: crate::validation::Session,
+    model: String,
+}
+
+#[wasm_bindgen]
+impl Validation {
+    #[wasm_bindgen(constructor)]
+    pub fn new() -> Result<Validation, JsError> {
+        let (classifier, _) = current()?;
+        Ok(Self {
+            session: crate::validation::Session::new(classifier.info().threshold),
+            model: classifier.info().name.clone(),
+        })
+    }
+
+    pub fn add_scored(
+        &mut self,
+        label: u8,
+        probability: f32,
+        ood: Option<bool>,
+    ) -> Result<(), JsError> {
+        self.session
+            .add_scored(label, probability, ood)
+            .map_err(js_error)
+    }
+
+    pub fn add_unreadable(&mut self, file: String, code: String, message: String) {
+        self.session.add_unreadable(file, code, message);
+    }
+
+    fn at(&self, threshold: Option<f32>) -> f32 {
+        threshold.unwrap_or(self.session.model_threshold())
+    }
+
+    /// The figures at `threshold` (the model's when `undefined`); `with_ci` computes the
+    /// bootstrap CI if not known yet.
+    pub fn summary(&mut self, threshold: Option<f32>, with_ci: bool) -> Result<JsValue, JsError> {
+        let t = self.at(threshold);
+        to_js(&self.session.summary(t, with_ci))
+    }
+
+    pub fn threshold_for_sensitivity(&self, target: f64) -> f32 {
+        self.session.threshold_for_sensitivity(target)
+    }
+
+    /// The ROC curve as SVG with the operating point at `threshold` marked.
+    pub fn roc_svg(&mut self, threshold: Option<f32>) -> String {
+        let t = self.at(threshold);
+        self.session.roc_svg(t)
+    }
+
+    /// The report to export, as pretty JSON.
+    pub fn report_json(&mut self, threshold: Option<f32>) -> String {
+        let t = self.at(threshold);
+        let value = self.session.report_json(t, &self.model);
+        serde_json::to_string_pretty(&value).unwrap_or_default()
+    }
+}

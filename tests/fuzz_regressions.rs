@@ -78,6 +78,12 @@ fn weights_reader_regressions() {
 }
 
 #[test]
+fn labels_csv_regressions() {
+    let replayed = replay("labels_csv", pipeline::labels_csv);
+    eprintln!("replayed {replayed} labels-CSV inputs");
+}
+
+#[test]
 fn the_pipeline_check_runs_a_real_image_to_the_end() {
     // Guards the harness itself: a valid X-ray goes through every step without a finding.
     let bytes =

@@ -1,5 +1,6 @@
 // The page: file input (drop, picker, paste, sample) → worker → drawing. Logic lives in Rust.
 import { createBatch, droppedFiles } from './batch.js';
+import { createValidation } from './validate.js';
 
 const $ = (id) => document.getElementById(id);
 const params = new URLSearchParams(location.search);
@@ -9,6 +10,7 @@ const pending = new Map();
 let sampleName = null;
 let modelReady = false;
 let handled = 0;
+let modelInfo = null;
 
 function showError(message, code = 'error') {
   $('error').textContent = message;
@@ -22,6 +24,7 @@ function onMessage(event) {
   const msg = event.data;
   if (msg.type === 'ready') {
     sampleName = msg.info.reference ? msg.info.reference.sample : 'sample.png';
+    modelInfo = msg.info;
     $('backend').textContent = fallbackNote || msg.note;
     modelReady = true;
     document.body.dataset.backend = msg.backend;
@@ -166,6 +169,16 @@ function csv(rows) {
 }
 const batch = createBatch({ classify, csv, showSingle: (file, name) => handle(file, name) });
 
+// One request to the worker; resolves to its reply (or to an error reply if the worker restarts).
+function ask(message) {
+  const id = nextId++;
+  return new Promise((resolve) => {
+    pending.set(id, resolve);
+    worker.postMessage({ ...message, id });
+  });
+}
+const validation = createValidation({ ask, model: () => modelInfo });
+
 // Memory figures for tests and the curious: the wasm instance's size, and the page's JS heap.
 window.cxrMemory = () => new Promise((resolve) => {
   const id = nextId++;
@@ -173,10 +186,20 @@ window.cxrMemory = () => new Promise((resolve) => {
   worker.postMessage({ type: 'stats', id });
 });
 
-// One file: the single view; several (or a folder): the batch table.
-function handleMany(items) {
-  if (items.length === 1) handle(items[0].file, items[0].name);
-  else if (items.length > 1) batch.run(items);
+// One file: the single view; a labelled set (class folders or a labels CSV): validation mode;
+// other sets of files: the batch table.
+async function handleMany(items) {
+  if (items.length === 1) { handle(items[0].file, items[0].name); return; }
+  if (items.length === 0 || validation.isRunning()) return;
+  const labels = await ask({ type: 'labels', files: items });
+  if (labels.error) showError(`${labels.error.message} The files are shown as a batch instead.`, labels.error.code);
+  if (labels.set) {
+    $('batch').hidden = true;
+    validation.run(items, labels.set);
+  } else {
+    $('validation').hidden = true;
+    batch.run(items);
+  }
 }
 
 for (const id of ['file', 'folder']) {

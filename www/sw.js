@@ -3,7 +3,7 @@
 // cache name carries a build stamp (written by build.sh), so a new build replaces the old cache.
 // Only same-origin GET requests are looked at; the page makes no others.
 const CACHE = 'cxr-__BUILD__';
-const FILES = ['./', 'index.html', 'app.js', 'batch.js', 'worker.js', 'style.css', 'sample.png', 'manifest.webmanifest',
+const FILES = ['./', 'index.html', 'app.js', 'batch.js', 'validate.js', 'worker.js', 'style.css', 'sample.png', 'manifest.webmanifest',
   'icon.svg', 'icon-192.png', 'icon-512.png', 'pkg/cxr.js', 'pkg/cxr_bg.wasm'];
 
 self.addEventListener('install', (event) => {

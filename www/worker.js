@@ -48,6 +48,44 @@ async function start(requested) {
   return { info, backend, note, selfTest: test, card: cxr.model_card() };
 }
 
+// Validation mode. Which dropped files are labelled is decided in Rust (cxr::labels) from their
+// names and the text of the CSV files among them; the session (cxr::validation) keeps only scores
+// and labels, one file at a time.
+const MAX_CSV_BYTES = 64 * 1024 * 1024;
+let validation = null;
+
+async function labelSet(files) {
+  const names = files.map((f) => f.name);
+  const csv = [...cxr.csv_indices(names)].filter((i) => files[i].file.size <= MAX_CSV_BYTES);
+  const texts = await Promise.all(csv.map((i) => files[i].file.text()));
+  try {
+    return { set: cxr.label_set(names, csv.map((i) => names[i]), texts) };
+  } catch (e) {
+    return { set: null, error: { message: e.message, code: e.code } };
+  }
+}
+
+async function validate(msg) {
+  const t = msg.threshold ?? undefined;
+  if (msg.type === 'validate-start') {
+    if (validation) validation.free();
+    validation = new cxr.Validation();
+  } else if (msg.type === 'validate-file') {
+    try {
+      const r = await cxr.score(new Uint8Array(await msg.file.arrayBuffer()));
+      validation.add_scored(msg.label, r.probability, r.ood ?? undefined);
+    } catch (e) {
+      if (e instanceof WebAssembly.RuntimeError) throw e;
+      validation.add_unreadable(msg.name, (e && e.code) || 'unreadable', (e && e.message) || String(e));
+    }
+  } else if (msg.type === 'validate-target') {
+    return { threshold: validation.threshold_for_sensitivity(msg.target) };
+  } else if (msg.type === 'validate-report') {
+    return { json: validation.report_json(t) };
+  }
+  return { summary: validation.summary(t, Boolean(msg.withCi)), svg: validation.roc_svg(t) };
+}
+
 let ready = null;
 self.onmessage = async (event) => {
   const msg = event.data;
@@ -62,6 +100,12 @@ self.onmessage = async (event) => {
     } else if (msg.type === 'stats') {
       // Memory of the model's wasm instance (for the bounded-memory check of batch mode).
       self.postMessage({ type: 'stats', id: msg.id, wasmBytes: wasmExports ? wasmExports.memory.buffer.byteLength : 0 });
+    } else if (msg.type === 'labels') {
+      await ready;
+      self.postMessage({ type: 'labels', id: msg.id, ...(await labelSet(msg.files)) });
+    } else if (msg.type.startsWith('validate')) {
+      await ready;
+      self.postMessage({ type: 'validate', id: msg.id, ...(await validate(msg)) });
     } else if (msg.type === 'csv') {
       await ready;
       self.postMessage({ type: 'csv', id: msg.id, csv: cxr.batch_csv(msg.rows) });

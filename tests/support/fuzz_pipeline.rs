@@ -68,3 +68,33 @@ pub fn image_pipeline(bytes: &[u8]) {
 pub fn weights_reader(bytes: &[u8]) {
     let _ = cxr::weights::decode(bytes, &Device::flex());
 }
+
+/// Raw bytes → a labels CSV (as text, the way the page reads it) matched against a few dropped
+/// files: a typed error or a label set whose entries point at dropped files, never a panic.
+pub fn labels_csv(bytes: &[u8]) {
+    let text = String::from_utf8_lossy(bytes).into_owned();
+    let names: Vec<String> = [
+        "d/labels.csv",
+        "d/a.png",
+        "d/img/a.png",
+        "d/img/b.dcm",
+        "c.png",
+    ]
+    .map(String::from)
+    .to_vec();
+    let Ok(Some(set)) = cxr::labels::recognise(&names, &[(names[0].clone(), text)]) else {
+        return;
+    };
+    assert!(!set.items.is_empty());
+    assert!(
+        set.items
+            .iter()
+            .all(|i| i.index < names.len() && i.label <= 1)
+    );
+    assert!(
+        set.items.windows(2).all(|w| w[0].index < w[1].index),
+        "one entry per file"
+    );
+    let positives = set.items.iter().filter(|i| i.label == 1).count();
+    assert_eq!(set.positives, positives);
+}

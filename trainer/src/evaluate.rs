@@ -104,6 +104,9 @@ impl EvaluateArgs {
             let mut value = serde_json::to_value(&report)?;
             value["selection"] = why.into();
             value["failed"] = failed.into();
+            // Every file left out: a header that could not be read, or a failed decode (the
+            // page's validation mode counts the same).
+            value["unreadable"] = (failed + data.skipped.len()).into();
             println!("{}", serde_json::to_string_pretty(&value)?);
             return Ok(());
         }

@@ -11,19 +11,19 @@ mod device;
 mod evaluate;
 mod export;
 mod loader;
-mod metrics;
 mod objective;
 mod ood;
 mod options;
-mod plots;
 mod predict;
 mod reporting;
-mod rng;
 mod run_dir;
 mod train;
 mod transfer;
 mod validation;
 
+// The metrics, seeded generator and SVG charts live in the root crate, shared with the page's
+// validation mode; `crate::metrics` etc. keep their names here.
+use cxr::{metrics, plots, rng};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};

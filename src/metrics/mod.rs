@@ -1,5 +1,8 @@
 //! Metrics over a whole set of predictions (never per batch: AUC per batch is wrong under class
-//! imbalance).
+//! imbalance): AUC, its bootstrap CI, the ROC curve, threshold choice and the evaluation
+//! [`Report`]. One implementation for `trainer evaluate` (native) and the page's validation mode
+//! (wasm): the bootstrap's ChaCha8 stream and its `usize` draws are the same on both, so the same
+//! seed gives the same interval.
 
 use serde::{Deserialize, Serialize};
 
@@ -125,10 +128,15 @@ pub fn threshold_for_sensitivity(scores: &[f32], labels: &[u8], target: f64) -> 
 }
 
 /// Counts at a threshold: one type with the model card's.
-pub use cxr::model_card::Confusion;
+pub use crate::model_card::Confusion;
+
+/// Resamples of the bootstrap CI in every [`Report`].
+pub const BOOTSTRAP_RESAMPLES: usize = 2000;
+/// Seed of the bootstrap CI in every [`Report`]: fixed, so a report repeats.
+pub const BOOTSTRAP_SEED: u64 = 12345;
 
 /// Everything `evaluate` reports.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Report {
     pub images: usize,
     pub positives: usize,
@@ -142,13 +150,27 @@ pub struct Report {
 }
 
 impl Report {
+    /// The report at `threshold`, with the bootstrap CI ([`BOOTSTRAP_RESAMPLES`] resamples from
+    /// [`BOOTSTRAP_SEED`]).
     pub fn new(scores: &[f32], labels: &[u8], threshold: f32) -> Self {
+        let ci = auc_ci(scores, labels, BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED);
+        Self::with_ci(scores, labels, threshold, ci)
+    }
+
+    /// The report at `threshold` with a CI computed earlier (the bootstrap is the costly part; it
+    /// does not depend on the threshold), or none.
+    pub fn with_ci(
+        scores: &[f32],
+        labels: &[u8],
+        threshold: f32,
+        auc_ci95: Option<(f64, f64)>,
+    ) -> Self {
         let confusion = Confusion::at(scores, labels, threshold);
         Self {
             images: scores.len(),
             positives: labels.iter().filter(|&&l| l == 1).count(),
             auc: auc(scores, labels),
-            auc_ci95: auc_ci(scores, labels, 2000, 12345),
+            auc_ci95,
             threshold,
             accuracy: confusion.accuracy(),
             sensitivity: confusion.sensitivity(),
@@ -167,98 +189,4 @@ impl Report {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn auc_of_known_cases() {
-        assert_eq!(auc(&[0.1, 0.2, 0.8, 0.9], &[0, 0, 1, 1]), Some(1.0));
-        assert_eq!(auc(&[0.9, 0.8, 0.2, 0.1], &[0, 0, 1, 1]), Some(0.0));
-        assert_eq!(auc(&[0.5, 0.5, 0.5, 0.5], &[0, 1, 0, 1]), Some(0.5));
-        // One of four positive/negative pairs is misordered.
-        assert_eq!(auc(&[0.1, 0.6, 0.5, 0.9], &[0, 0, 1, 1]), Some(0.75));
-        assert_eq!(auc(&[0.1, 0.2], &[1, 1]), None);
-    }
-
-    #[test]
-    fn auc_matches_brute_force_under_imbalance_and_ties() {
-        let mut rng = Rng::new(3);
-        let labels: Vec<u8> = (0..300).map(|i| u8::from(i % 10 == 0)).collect();
-        let scores: Vec<f32> = labels
-            .iter()
-            .map(|&l| ((rng.uniform() + 0.3 * l as f32) * 20.0).round() / 20.0)
-            .collect();
-        let mut num = 0.0;
-        let mut den = 0.0;
-        for i in 0..300 {
-            for j in 0..300 {
-                if labels[i] == 1 && labels[j] == 0 {
-                    den += 1.0;
-                    num += if scores[i] > scores[j] {
-                        1.0
-                    } else if scores[i] == scores[j] {
-                        0.5
-                    } else {
-                        0.0
-                    };
-                }
-            }
-        }
-        assert!((auc(&scores, &labels).unwrap() - num / den).abs() < 1e-12);
-    }
-
-    #[test]
-    fn ci_brackets_the_auc() {
-        let mut rng = Rng::new(9);
-        let labels: Vec<u8> = (0..200).map(|i| (i % 2) as u8).collect();
-        let scores: Vec<f32> = labels
-            .iter()
-            .map(|&l| rng.uniform() + 0.4 * l as f32)
-            .collect();
-        let a = auc(&scores, &labels).unwrap();
-        let (lo, hi) = auc_ci(&scores, &labels, 500, 1).unwrap();
-        assert!(lo < a && a < hi && hi - lo < 0.2, "{lo} {a} {hi}");
-        let mut order: Vec<usize> = (0..200).collect();
-        Rng::new(4).shuffle(&mut order);
-        let s2: Vec<f32> = order.iter().map(|&i| scores[i]).collect();
-        let l2: Vec<u8> = order.iter().map(|&i| labels[i]).collect();
-        assert_eq!(
-            auc_ci(&s2, &l2, 500, 1),
-            Some((lo, hi)),
-            "the CI depends on the order"
-        );
-    }
-
-    #[test]
-    fn roc_and_threshold() {
-        let scores = [0.9, 0.8, 0.7, 0.6, 0.4, 0.3];
-        let labels = [1, 1, 0, 1, 0, 0];
-        let r = roc(&scores, &labels);
-        assert_eq!(r.first(), Some(&(0.0, 0.0)));
-        assert_eq!(r.last(), Some(&(1.0, 1.0)));
-        assert_eq!(r.len(), 7);
-        // Two of three positives reach 0.8; all three need 0.6.
-        assert_eq!(threshold_for_sensitivity(&scores, &labels, 0.6), 0.75);
-        assert_eq!(threshold_for_sensitivity(&scores, &labels, 0.9), 0.5);
-        let c = Confusion::at(&scores, &labels, 0.6);
-        assert_eq!(c.sensitivity(), 1.0);
-        assert_eq!(threshold_for_sensitivity(&scores, &[0; 6], 0.9), 0.5);
-    }
-
-    #[test]
-    fn confusion_rates() {
-        let c = Confusion::at(&[0.9, 0.4, 0.6, 0.1], &[1, 1, 0, 0], 0.5);
-        assert_eq!(
-            c,
-            Confusion {
-                tp: 1,
-                fp: 1,
-                tn: 1,
-                fn_: 1
-            }
-        );
-        assert_eq!(c.sensitivity(), 0.5);
-        assert_eq!(c.specificity(), 0.5);
-        assert_eq!(c.accuracy(), 0.5);
-    }
-}
+mod tests;

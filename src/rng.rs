@@ -1,4 +1,5 @@
-//! Seeded random numbers for splits, shuffles, augmentation and the bootstrap: ChaCha8 from
+//! Seeded random numbers for the trainer's splits, shuffles and augmentation and for the
+//! bootstrap CI (natively and in wasm): ChaCha8 from
 //! `rand_chacha`, whose output is value-stable across platforms and releases, so a run repeats
 //! with the same seed. [`Rng::fork`] gives an independent ChaCha stream of the same seed.
 
@@ -6,7 +7,7 @@ use rand::seq::SliceRandom;
 use rand::{Rng as _, RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-/// A seeded generator with the few draws the trainer uses.
+/// A seeded generator with the few draws the trainer and the bootstrap use.
 #[derive(Debug, Clone)]
 pub struct Rng(ChaCha8Rng);
 

@@ -1,4 +1,5 @@
-//! Small SVG charts for the run report: the ROC curve and the per-epoch curves. Plain SVG text,
+//! Small SVG charts: the ROC curve (the trainer's run report and the page's validation mode) and
+//! the per-epoch curves. Plain SVG text,
 //! readable in any browser. Hand-written rather than `plotters`: plotters' text layout needs a
 //! font backend (ttf/ab_glyph, system fonts or a bundled font) that this 150-line file does not.
 
@@ -103,12 +104,40 @@ fn tick(v: f64) -> String {
 
 /// The ROC curve with the chance diagonal.
 pub fn roc_chart(points: &[(f64, f64)], auc: Option<f64>) -> String {
+    roc_chart_marked("Validation ROC", points, auc, None)
+}
+
+/// The ROC curve titled `title` (the AUC is added), with the chance diagonal and, when given, an
+/// operating point `(false-positive rate, sensitivity)` marked with a ring.
+pub fn roc_chart_marked(
+    title: &str,
+    points: &[(f64, f64)],
+    auc: Option<f64>,
+    marker: Option<(f64, f64)>,
+) -> String {
     let title = match auc {
-        Some(a) => format!("Validation ROC (AUC {a:.3})"),
-        None => "Validation ROC".into(),
+        Some(a) => format!("{title} (AUC {a:.3})"),
+        None => title.to_string(),
     };
+    let mut svg = roc_lines(&title, points);
+    if let Some((fpr, tpr)) = marker.filter(|(x, y)| x.is_finite() && y.is_finite()) {
+        // The axes span 0..1 on both sides, as `roc_lines` draws them.
+        let (cx, cy) = (M + fpr * (W - 2.0 * M), H - M - tpr * (H - 2.0 * M));
+        let ring = format!(
+            r##"<circle cx="{cx:.1}" cy="{cy:.1}" r="6" fill="none" stroke="#b42318" stroke-width="2.5"/><text x="{:.1}" y="{:.1}" fill="#b42318">operating point</text>
+"##,
+            cx + 9.0,
+            cy + 14.0
+        );
+        let end = svg.rfind("</svg>").unwrap_or(svg.len());
+        svg.insert_str(end, &ring);
+    }
+    svg
+}
+
+fn roc_lines(title: &str, points: &[(f64, f64)]) -> String {
     line_chart(
-        &title,
+        title,
         "false-positive rate (1 - specificity)",
         "true-positive rate (sensitivity)",
         (0.0, 1.0),
@@ -150,5 +179,12 @@ mod tests {
             }],
         );
         assert!(svg.contains("a &lt; b"));
+        let marked = roc_chart_marked("Yours", &[(0.0, 0.0), (1.0, 1.0)], None, Some((0.5, 1.0)));
+        // (0.5, 1.0) is the middle of the x axis, the top of the y axis.
+        assert!(
+            marked.contains(r#"<circle cx="240.0" cy="48.0""#),
+            "{marked}"
+        );
+        assert!(marked.trim_end().ends_with("</svg>") && marked.starts_with("<svg"));
     }
 }
