@@ -5,6 +5,8 @@
 //! - [`preprocess`]: decoded luminance → normalised model input (the one path everything uses).
 //! - [`model`]: the ResNet and its class activation map.
 //! - [`weights`]: the `.cxrw` weight file (model + description).
+//! - [`calibration`]: logits → calibrated probability (Platt or temperature scaling), the
+//!   reliability diagram, reading a probability at another prevalence.
 //! - [`classifier`]: inference from bytes to a [`classifier::Prediction`].
 //! - [`saliency`]: heat maps and overlays of the CAM.
 //! - [`batch`]: batch results and their CSV export.
@@ -14,6 +16,7 @@
 
 pub mod alloc_guard;
 pub mod batch;
+pub mod calibration;
 pub mod classifier;
 pub mod decode;
 pub mod embedded;
