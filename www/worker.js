@@ -62,6 +62,9 @@ self.onmessage = async (event) => {
     } else if (msg.type === 'stats') {
       // Memory of the model's wasm instance (for the bounded-memory check of batch mode).
       self.postMessage({ type: 'stats', id: msg.id, wasmBytes: wasmExports ? wasmExports.memory.buffer.byteLength : 0 });
+    } else if (msg.type === 'prevalence') {
+      await ready;
+      self.postMessage({ type: 'prevalence', id: msg.id, probability: cxr.probability_at_prevalence(msg.probability, msg.prevalence) });
     } else if (msg.type === 'csv') {
       await ready;
       self.postMessage({ type: 'csv', id: msg.id, csv: cxr.batch_csv(msg.rows) });
