@@ -228,7 +228,8 @@ pub fn fit(z: &[f64], labels: &[u8], method: Method) -> Result<Calibration, FitE
         });
     }
     let (slope, intercept) = newton(z, &targets(labels), method == Method::Platt);
-    if !(slope > 0.0) {
+    // NaN too: only a finite positive slope keeps the mapping increasing.
+    if !(slope.is_finite() && slope > 0.0) {
         return Err(FitError::NotIncreasing(slope));
     }
     Ok(Calibration {
