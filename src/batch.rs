@@ -8,11 +8,11 @@ use serde::{Deserialize, Serialize};
 pub struct BatchRow {
     /// File name (or path) as the user gave it.
     pub file: String,
-    /// Probability of effusion, when the file was classified.
+    /// Probability of effusion (calibrated when the model is), when the file was classified.
     pub probability: Option<f32>,
     /// `effusion` or `nofinding` at the model's threshold.
     pub label: Option<String>,
-    /// The decision threshold used.
+    /// The decision threshold used, on the same scale as `probability`.
     pub threshold: Option<f32>,
     /// Whether the image was flagged as unlike a frontal chest X-ray (when the check ran).
     pub ood: Option<bool>,

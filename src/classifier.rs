@@ -13,11 +13,16 @@ use crate::weights::{self, ModelInfo};
 /// The result for one image.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Prediction {
-    /// Probability of effusion (softmax of the two logits).
+    /// Probability of effusion: calibrated when the model file has a calibration (see
+    /// [`crate::calibration`]; it then holds at the prevalence it was fitted at), else the
+    /// softmax of the two logits.
     pub probability: f32,
     /// `effusion` when `probability >= threshold`, else `nofinding`.
     pub label: String,
+    /// The decision threshold, on the same scale as `probability`.
     pub threshold: f32,
+    /// The softmax of the two logits, before calibration (the score the threshold was chosen on).
+    pub uncalibrated_probability: f32,
     /// `[no finding, effusion]`.
     pub logits: [f32; 2],
     /// The effusion CAM, `cam_size * cam_size` values in `[0, 1]`, row-major.
@@ -144,12 +149,15 @@ impl Classifier {
             return Err(CxrError::Inference(format!("unexpected logits {logits:?}")));
         }
         let logits = [logits[0], logits[1]];
-        let probability = effusion_probability(logits);
-        let threshold = self.info.threshold;
+        let (probability, threshold) = self.calibrated(logits);
+        let score = effusion_probability(logits);
         Ok(Prediction {
             probability,
-            label: self.info.class_names[usize::from(probability >= threshold)].clone(),
+            // Decided on the raw score, as the threshold was chosen: the same decisions with or
+            // without calibration, whatever the rounding of the calibrated values.
+            label: self.info.class_names[usize::from(score >= self.info.threshold)].clone(),
             threshold,
+            uncalibrated_probability: score,
             logits,
             cam,
             cam_size: self.info.input_size,
@@ -159,6 +167,26 @@ impl Classifier {
             ood_distance,
             ood_threshold: gate.map(|g| g.threshold),
         })
+    }
+
+    /// The probability of effusion and the threshold on its scale: calibrated when the file has
+    /// a calibration, else the softmax and the stored threshold unchanged.
+    fn calibrated(&self, logits: [f32; 2]) -> (f32, f32) {
+        match &self.info.calibration {
+            Some(c) => (
+                c.probability_of_logit(f64::from(logits[1]) - f64::from(logits[0])) as f32,
+                c.probability(f64::from(self.info.threshold)) as f32,
+            ),
+            None => (effusion_probability(logits), self.info.threshold),
+        }
+    }
+
+    /// A calibrated probability read at another prevalence of effusion (a fraction in (0, 1)),
+    /// by Bayes' rule from the prevalence it was calibrated at. `None` for an uncalibrated model
+    /// (its probability holds at no known prevalence) or values out of range.
+    pub fn probability_at_prevalence(&self, probability: f64, prevalence: f64) -> Option<f64> {
+        let c = self.info.calibration.as_ref()?;
+        crate::calibration::at_prevalence(probability, c.prevalence, prevalence)
     }
 
     /// Classify one file (synchronous; CPU backends and native use).
@@ -287,6 +315,36 @@ mod tests {
         assert!(
             (batch[0][0] - p.logits[0]).abs() < 1e-4 && (batch[0][1] - p.logits[1]).abs() < 1e-4
         );
+    }
+
+    #[test]
+    fn a_calibration_changes_the_probability_not_the_decision() {
+        use crate::calibration::{Calibration, Method};
+        let mut c = tiny_classifier(32);
+        let raw = c.classify(&png(50, 40)).unwrap();
+        assert_eq!(raw.probability, raw.uncalibrated_probability);
+        assert_eq!(c.probability_at_prevalence(0.5, 0.1), None);
+        // A threshold just under the raw score: effusion before and after.
+        c.info.threshold = raw.probability * 0.999;
+        let calibration = Calibration {
+            method: Method::Platt,
+            slope: 0.5,
+            intercept: -1.0,
+            prevalence: 0.5,
+        };
+        c.info.calibration = Some(calibration);
+        let p = c.classify(&png(50, 40)).unwrap();
+        let z = f64::from(p.logits[1]) - f64::from(p.logits[0]);
+        assert!((f64::from(p.probability) - calibration.probability_of_logit(z)).abs() < 1e-6);
+        assert!((p.uncalibrated_probability - raw.probability).abs() < 1e-6);
+        assert!(
+            (f64::from(p.threshold) - calibration.probability(f64::from(c.info.threshold))).abs()
+                < 1e-6
+        );
+        assert_eq!(p.label, "effusion");
+        assert!(p.probability >= p.threshold && p.probability != raw.probability);
+        let at_10 = c.probability_at_prevalence(0.5, 0.1).unwrap();
+        assert!((at_10 - 0.1).abs() < 1e-9);
     }
 
     #[test]

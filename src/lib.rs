@@ -6,6 +6,8 @@
 //! - [`model`]: the ResNet and its class activation map.
 //! - [`kernels`]: the project's own CPU inference kernels, a burn backend extension.
 //! - [`weights`]: the `.cxrw` weight file (model + description).
+//! - [`calibration`]: logits → calibrated probability (Platt or temperature scaling), the
+//!   reliability diagram, reading a probability at another prevalence.
 //! - [`classifier`]: inference from bytes to a [`classifier::Prediction`].
 //! - [`saliency`]: heat maps and overlays of the CAM.
 //! - [`batch`]: batch results and their CSV export.
@@ -19,6 +21,7 @@
 
 pub mod alloc_guard;
 pub mod batch;
+pub mod calibration;
 pub mod classifier;
 pub mod decode;
 pub mod embedded;

@@ -4,7 +4,7 @@
 //! Every field has a default (`#[serde(default)]`), so a card from an older file, or none at all
 //! (`null`), still loads; figures a file does not record are `None` (shown as "n/a").
 
-use serde::{Deserialize, Deserializer, Serialize};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// The model card.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -20,6 +20,36 @@ pub struct ModelCard {
     pub training: Training,
     /// The not-a-chest-X-ray gate's measurements (recorded at export).
     pub ood: Option<OodCard>,
+    /// How the probability was calibrated and what that changed (`None`: uncalibrated; the
+    /// parameters themselves are [`crate::ModelInfo::calibration`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub calibration: Option<CalibrationCard>,
+}
+
+/// What the calibration was fitted on and how well calibrated the probability is before and
+/// after, on those same images.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct CalibrationCard {
+    /// Which held-out scores, in words (e.g. "the 160 validation images' scores of this model").
+    pub fitted_on: String,
+    pub images: usize,
+    /// Images with effusion among them.
+    pub effusion: usize,
+    /// The command that fitted it.
+    pub command: Option<String>,
+    /// Reliability (equal-width bins) and ECE of the raw softmax probability.
+    pub before: crate::calibration::Reliability,
+    /// The same of the calibrated probability (fitted and measured on the same images).
+    pub after: crate::calibration::Reliability,
+    /// The same when each fifth of the images is calibrated by a fit on the other four fifths
+    /// ([`crate::calibration::cross_fitted`]): the honest estimate on unseen images.
+    pub after_cross_fitted: Option<crate::calibration::Reliability>,
+    /// The raw threshold's calibrated value (the decisions are the same).
+    pub threshold: Option<f64>,
+    /// Sensitivity and specificity at the threshold on these images, the same before and after.
+    pub sensitivity: Option<f64>,
+    pub specificity: Option<f64>,
 }
 
 /// Figures on the validation split, at the stored threshold.
@@ -147,6 +177,15 @@ impl GateMeasurement {
     pub fn catch_rate(&self) -> f64 {
         self.negatives_caught as f64 / self.negatives.max(1) as f64
     }
+}
+
+/// The card written as its JSON value: its f32 figures then appear as the f64 a JSON reader
+/// parses them to (as in the files written before the card was typed), so reading the card back
+/// untyped gives exactly the typed card's numbers.
+pub(crate) fn as_json_value<S: Serializer>(card: &ModelCard, s: S) -> Result<S::Ok, S::Error> {
+    serde_json::to_value(card)
+        .map_err(serde::ser::Error::custom)?
+        .serialize(s)
 }
 
 /// A card that is `null` in the file (descriptions written without one) loads as the default.

@@ -1,9 +1,11 @@
-//! Small SVG charts: the ROC curve (the trainer's run report and the page's validation mode) and
-//! the per-epoch curves. Plain SVG text,
+//! Small SVG charts: the ROC curve (the trainer's run report and the page's validation mode), the
+//! per-epoch curves and the reliability diagram (the model card). Plain SVG text,
 //! readable in any browser. Hand-written rather than `plotters`: plotters' text layout needs a
 //! font backend (ttf/ab_glyph, system fonts or a bundled font) that this 150-line file does not.
 
 use std::fmt::Write;
+
+use crate::calibration::Reliability;
 
 const W: f64 = 480.0;
 const H: f64 = 360.0;
@@ -30,6 +32,18 @@ pub fn line_chart(
     x: (f64, f64),
     y: (f64, f64),
     series: &[Series],
+) -> String {
+    chart(title, x_label, y_label, (x, y), series, W - M - 130.0)
+}
+
+/// [`line_chart`] with the legend's left edge at `legend_x` (pixels).
+fn chart(
+    title: &str,
+    x_label: &str,
+    y_label: &str,
+    (x, y): ((f64, f64), (f64, f64)),
+    series: &[Series],
+    legend_x: f64,
 ) -> String {
     let sx = |v: f64| M + (v - x.0) / (x.1 - x.0).max(1e-12) * (W - 2.0 * M);
     let sy = |v: f64| H - M - (v - y.0) / (y.1 - y.0).max(1e-12) * (H - 2.0 * M);
@@ -84,7 +98,7 @@ pub fn line_chart(
             r##"<polyline fill="none" stroke="{}" stroke-width="2" points="{}"/><text x="{:.1}" y="{:.1}" fill="{}">{}</text>"##,
             s.color,
             path.join(" "),
-            W - M - 130.0,
+            legend_x,
             M + 14.0 * (k as f64 + 1.0),
             s.color,
             escape(s.name)
@@ -157,9 +171,70 @@ fn roc_lines(title: &str, points: &[(f64, f64)]) -> String {
     )
 }
 
+/// The reliability diagram: observed fraction of effusion against mean predicted probability
+/// per non-empty bin, before and after calibration, with the diagonal of perfect calibration.
+pub fn reliability_chart(before: &Reliability, after: &Reliability) -> String {
+    let points = |r: &Reliability| -> Vec<(f64, f64)> {
+        r.bins
+            .iter()
+            .filter_map(|b| Some((b.mean_probability?, b.fraction_effusion?)))
+            .collect()
+    };
+    let (raw, calibrated) = (
+        format!("uncalibrated (ECE {:.3})", before.ece),
+        format!("calibrated (ECE {:.3})", after.ece),
+    );
+    // The legend top left, where a reliability curve seldom goes (high observed fraction at a
+    // low predicted probability).
+    chart(
+        &format!("Reliability ({} equal-width bins)", before.bins.len()),
+        "mean predicted probability of effusion in the bin",
+        "fraction with effusion",
+        ((0.0, 1.0), (0.0, 1.0)),
+        &[
+            Series {
+                name: &raw,
+                color: "#d9480f",
+                points: points(before),
+            },
+            Series {
+                name: &calibrated,
+                color: "#2463eb",
+                points: points(after),
+            },
+            Series {
+                name: "perfect calibration",
+                color: "#999",
+                points: vec![(0.0, 0.0), (1.0, 1.0)],
+            },
+        ],
+        M + 10.0,
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_reliability_chart_draws_both_curves_through_the_non_empty_bins() {
+        let before = crate::calibration::reliability(&[0.05, 0.15, 0.95], &[0, 1, 1], 10);
+        let after = crate::calibration::reliability(&[0.2, 0.5, 0.9], &[0, 1, 1], 10);
+        let svg = reliability_chart(&before, &after);
+        assert!(svg.contains("Reliability (10 equal-width bins)"));
+        assert!(svg.contains(&format!("uncalibrated (ECE {:.3})", before.ece)));
+        assert_eq!(svg.matches("<polyline").count(), 3);
+        // Three non-empty bins: three points on the uncalibrated curve.
+        let first = svg.split("<polyline").nth(1).unwrap();
+        let points = first
+            .split("points=\"")
+            .nth(1)
+            .unwrap()
+            .split('"')
+            .next()
+            .unwrap();
+        assert_eq!(points.split(' ').count(), 3, "{points}");
+    }
 
     #[test]
     fn charts_are_svg_with_every_series() {

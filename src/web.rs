@@ -65,9 +65,11 @@ pub fn start() {
 /// Result of `classify`, as a plain JS object.
 #[derive(Serialize)]
 struct WebPrediction {
+    /// Calibrated when the model has a calibration (see [`crate::calibration`]).
     probability: f32,
     label: String,
     threshold: f32,
+    uncalibrated_probability: f32,
     logits: [f32; 2],
     cam_size: usize,
     /// The CAM itself, `cam_size`² values scaled to 0..=255.
@@ -149,6 +151,7 @@ async fn run(
         probability: prediction.probability,
         label: prediction.label,
         threshold: prediction.threshold,
+        uncalibrated_probability: prediction.uncalibrated_probability,
         logits: prediction.logits,
         cam_size: prediction.cam_size,
         cam: prediction
@@ -295,6 +298,26 @@ pub fn batch_csv(rows: JsValue) -> Result<String, JsError> {
     let rows: Vec<crate::batch::BatchRow> =
         serde_wasm_bindgen::from_value(rows).map_err(js_error)?;
     Ok(crate::batch::to_csv(&rows))
+}
+
+/// The loaded model's calibrated `probability` read at another `prevalence` of effusion (both
+/// fractions in (0, 1)), by Bayes' rule on the odds: [`Classifier::probability_at_prevalence`].
+#[wasm_bindgen]
+pub fn probability_at_prevalence(probability: f64, prevalence: f64) -> Result<f64, JsError> {
+    let (classifier, _) = current()?;
+    classifier
+        .probability_at_prevalence(probability, prevalence)
+        .ok_or_else(|| {
+            js_error(if classifier.info().calibration.is_none() {
+                "this model's probability is not calibrated, so it holds at no known prevalence"
+                    .to_string()
+            } else {
+                format!(
+                    "enter a prevalence between 0 and 100 % (got {})",
+                    100.0 * prevalence
+                )
+            })
+        })
 }
 
 /// The model card of the embedded model, as Markdown.

@@ -46,8 +46,16 @@ pub struct ModelInfo {
     /// The not-a-chest-X-ray gate fitted at export (absent in older files).
     #[serde(default)]
     pub ood: Option<crate::ood::OodGate>,
+    /// The mapping from logits to a calibrated probability (absent: the raw softmax, as in
+    /// files written before calibration).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub calibration: Option<crate::calibration::Calibration>,
     /// The model card (metrics, data, training command, date, gate measurements).
-    #[serde(default, deserialize_with = "crate::model_card::null_as_default")]
+    #[serde(
+        default,
+        deserialize_with = "crate::model_card::null_as_default",
+        serialize_with = "crate::model_card::as_json_value"
+    )]
     pub card: ModelCard,
 }
 
@@ -62,6 +70,7 @@ impl ModelInfo {
             class_names: vec!["nofinding".into(), "effusion".into()],
             reference: None,
             ood: None,
+            calibration: None,
             card: ModelCard::default(),
         }
     }
@@ -86,6 +95,9 @@ impl ModelInfo {
                 self.class_names.len(),
                 self.architecture.num_classes
             )));
+        }
+        if let Some(problem) = self.calibration.as_ref().and_then(|c| c.problem()) {
+            return Err(WeightsError::Config(problem));
         }
         if let Some(gate) = &self.ood {
             let d = self.architecture.feature_width();
@@ -138,6 +150,26 @@ pub fn encode(model: ResNet, info: &ModelInfo) -> Result<Vec<u8>, WeightsError> 
     out.extend_from_slice(&(json.len() as u32).to_le_bytes());
     out.extend_from_slice(&json);
     out.extend_from_slice(&pack);
+    Ok(out)
+}
+
+/// The weight file `bytes` with its description replaced by `info` and its parameters kept
+/// byte for byte (to record a calibration without touching the weights).
+pub fn replace_description(bytes: &[u8], info: &ModelInfo) -> Result<Vec<u8>, WeightsError> {
+    let (old, pack) = split(bytes)?;
+    info.validate()?;
+    if info.architecture != old.architecture {
+        return Err(WeightsError::Mismatch(
+            "the new description names another architecture than the weights".into(),
+        ));
+    }
+    let json = serde_json::to_vec(info).map_err(|e| WeightsError::Config(e.to_string()))?;
+    let mut out = Vec::with_capacity(12 + json.len() + pack.len());
+    out.extend_from_slice(MAGIC);
+    out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+    out.extend_from_slice(&(json.len() as u32).to_le_bytes());
+    out.extend_from_slice(&json);
+    out.extend_from_slice(pack);
     Ok(out)
 }
 
@@ -304,6 +336,46 @@ mod tests {
         info.architecture.depths = vec![1, 2];
         assert!(matches!(
             decode(&forge(&info, pack), &device),
+            Err(WeightsError::Mismatch(_))
+        ));
+    }
+
+    #[test]
+    fn a_replaced_description_keeps_the_parameters_and_checks_the_calibration() {
+        use crate::calibration::{Calibration, Method};
+        let device = Device::flex();
+        let info = ModelInfo::new("tiny", tiny());
+        let bytes = encode(tiny().init(&device), &info).unwrap();
+        let mut calibrated = info.clone();
+        calibrated.calibration = Some(Calibration {
+            method: Method::Platt,
+            slope: 0.7,
+            intercept: -0.2,
+            prevalence: 0.5,
+        });
+        let replaced = replace_description(&bytes, &calibrated).unwrap();
+        assert_eq!(read_info(&replaced).unwrap(), calibrated);
+        let (_, old_pack) = description_json(&bytes).unwrap();
+        let (_, new_pack) = description_json(&replaced).unwrap();
+        assert_eq!(old_pack, new_pack);
+        // A file without calibration keeps its description JSON free of the field.
+        assert!(
+            !String::from_utf8_lossy(description_json(&bytes).unwrap().0).contains("calibration")
+        );
+        let mut bad = calibrated.clone();
+        bad.calibration.as_mut().unwrap().slope = -1.0;
+        assert!(matches!(
+            replace_description(&bytes, &bad),
+            Err(WeightsError::Config(_))
+        ));
+        assert!(matches!(
+            decode(&forge(&bad, new_pack), &device),
+            Err(WeightsError::Config(_))
+        ));
+        let mut other = calibrated;
+        other.architecture.widths = vec![4, 16];
+        assert!(matches!(
+            replace_description(&bytes, &other),
             Err(WeightsError::Mismatch(_))
         ));
     }

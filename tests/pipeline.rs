@@ -130,3 +130,37 @@ fn the_embedded_gate_flags_non_xrays_and_passes_real_xrays() {
         "caught {caught} of {total}; missed {missed:?}"
     );
 }
+
+#[test]
+fn the_shipped_model_is_calibrated_and_decides_as_without_calibration() {
+    let device = Device::flex();
+    let calibrated = Classifier::embedded(&device).unwrap();
+    let calibration = calibrated
+        .info()
+        .calibration
+        .expect("the shipped model carries a calibration");
+    let (model, mut info) = cxr::weights::decode(cxr::embedded::MODEL, &device).unwrap();
+    info.calibration = None;
+    let raw = Classifier::new(model, info, device);
+    for name in FIXTURES {
+        let bytes = std::fs::read(fixture(name)).unwrap();
+        let (c, r) = (
+            calibrated.classify(&bytes).unwrap(),
+            raw.classify(&bytes).unwrap(),
+        );
+        assert_eq!(c.label, r.label, "{name}: the decision changed");
+        assert_eq!(
+            c.label == "effusion",
+            c.probability >= c.threshold,
+            "{name}"
+        );
+        assert!((c.uncalibrated_probability - r.probability).abs() < 1e-6);
+        let z = f64::from(c.logits[1]) - f64::from(c.logits[0]);
+        let want = calibration.probability_of_logit(z);
+        assert!((f64::from(c.probability) - want).abs() < 1e-6, "{name}");
+        assert!(
+            (c.probability - r.probability).abs() > 1e-3,
+            "{name}: not calibrated"
+        );
+    }
+}

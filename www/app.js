@@ -11,6 +11,8 @@ let sampleName = null;
 let modelReady = false;
 let handled = 0;
 let modelInfo = null;
+let calibration = null; // the model's calibration (its prevalence), null when uncalibrated
+let shownProbability = null;
 
 function showError(message, code = 'error') {
   $('error').textContent = message;
@@ -31,6 +33,7 @@ function onMessage(event) {
     document.body.dataset.state = 'ready';
     $('sample').disabled = false;
     setStatus(msg.selfTest.ok ? 'Model ready.' : 'Model ready, but its self-test failed: results may be wrong.');
+    calibration = msg.info.calibration || null;
     showCard(msg.info, msg.card);
   } else if (msg.type === 'fatal') {
     startFailed(msg.message);
@@ -95,7 +98,7 @@ function showCard(info, markdown) {
   const auc = typeof v.auc === 'number' ? v.auc.toFixed(3) : 'n/a';
   const ci = Array.isArray(v.auc_ci95) ? ` (95% CI ${v.auc_ci95[0].toFixed(3)}–${v.auc_ci95[1].toFixed(3)})` : '';
   $('card-summary').textContent = `${info.name}. Validation AUC ${auc}${ci} on ${v.images ?? '?'} NIH images; ` +
-    `threshold ${info.threshold}. Input ${info.input_size}×${info.input_size}. Not for clinical use.`;
+    `threshold ${info.card && info.card.calibration ? `${info.card.calibration.threshold.toFixed(3)} (calibrated)` : info.threshold}. Input ${info.input_size}×${info.input_size}. Not for clinical use.`;
   $('card-text').textContent = markdown;
 }
 
@@ -105,6 +108,23 @@ function classify(bytes) {
     pending.set(id, resolve);
     worker.postMessage({ type: 'classify', id, bytes }, [bytes]);
   });
+}
+
+// The shown probability at the prevalence entered, computed in Rust (Bayes' rule on the odds).
+async function updatePrevalence() {
+  $('prevalence-row').hidden = !calibration;
+  $('calibration-note').textContent = calibration
+    ? `Calibrated: of X-rays like the training set's, where ${(100 * calibration.prevalence).toFixed(0)} % had effusion, about this fraction of those given this probability have effusion. Where effusion is rarer, the same image means less:`
+    : 'This score is not calibrated: it is not the fraction of such X-rays that have effusion.';
+  if (!calibration || shownProbability === null) return;
+  const id = nextId++;
+  const msg = await new Promise((resolve) => {
+    pending.set(id, resolve);
+    worker.postMessage({ type: 'prevalence', id, probability: shownProbability, prevalence: Number($('prevalence').value) / 100 });
+  });
+  const ok = msg.type === 'prevalence';
+  $('post-test').textContent = ok ? `${(100 * msg.probability).toFixed(1)} %` : msg.message;
+  $('post-test').dataset.value = ok ? String(msg.probability) : '';
 }
 
 function draw(canvas, width, height, rgba) {
@@ -141,6 +161,8 @@ async function handle(file, name) {
     $('threshold').textContent = `${(100 * r.threshold).toFixed(0)} %`;
     $('meter-fill').style.width = `${100 * r.probability}%`;
     $('meter-threshold').style.left = `${100 * r.threshold}%`;
+    shownProbability = r.probability;
+    await updatePrevalence();
     $('file-name').textContent = `${name} — ${r.original_width}×${r.original_height} px`;
     const t = r.timings;
     $('timings').textContent = `decode ${t.decode_ms.toFixed(0)} ms, preprocess ${t.preprocess_ms.toFixed(0)} ms, inference ${t.inference_ms.toFixed(0)} ms, saliency ${t.saliency_ms.toFixed(0)} ms (${r.backend})`;
@@ -215,6 +237,7 @@ $('sample').addEventListener('click', async () => {
   } catch (e) { showError(`The sample could not be loaded: ${e.message}`); }
 });
 $('overlay').addEventListener('change', updateOverlay);
+$('prevalence').addEventListener('input', () => { updatePrevalence().catch((e) => showError(`The prevalence could not be applied: ${e.message || e}`)); });
 $('opacity').addEventListener('input', updateOverlay);
 window.addEventListener('dragover', (e) => { e.preventDefault(); document.body.classList.add('dragging'); });
 window.addEventListener('dragleave', () => document.body.classList.remove('dragging'));

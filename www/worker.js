@@ -106,6 +106,9 @@ self.onmessage = async (event) => {
     } else if (msg.type.startsWith('validate')) {
       await ready;
       self.postMessage({ type: 'validate', id: msg.id, ...(await validate(msg)) });
+    } else if (msg.type === 'prevalence') {
+      await ready;
+      self.postMessage({ type: 'prevalence', id: msg.id, probability: cxr.probability_at_prevalence(msg.probability, msg.prevalence) });
     } else if (msg.type === 'csv') {
       await ready;
       self.postMessage({ type: 'csv', id: msg.id, csv: cxr.batch_csv(msg.rows) });

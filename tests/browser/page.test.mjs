@@ -88,6 +88,20 @@ test('parity: the page gives the probability of `trainer predict` on real X-rays
     assert.equal(shown.backend, 'cpu');
     assert.ok(Math.abs(shown.probability - native[i].probability) < 1e-3, `${file}: page ${shown.probability}, native ${native[i].probability}`);
     assert.equal(shown.label, native[i].label);
+    assert.ok(native[i].calibrated && Math.abs(native[i].probability - native[i].uncalibrated_probability) > 1e-3, 'calibrated natively');
+  }
+  // The prevalence field: the shown (calibrated) probability at 50 % is itself; at 10 %, Bayes' rule
+  // on the odds; out of range, a message. The arithmetic is Rust's (web.rs); this checks the wiring.
+  assert.match(await page.textContent('[data-testid=calibration-note]'), /where 50 % had effusion/);
+  const p = (await shownResult(page)).probability;
+  const odds = (p / (1 - p)) * (0.1 / 0.9);
+  for (const [percent, want] of [['50', p], ['10', odds / (1 + odds)], ['0', null]]) {
+    const before = await page.getAttribute('[data-testid=post-test]', 'data-value');
+    await page.fill('[data-testid=prevalence]', percent);
+    await page.waitForFunction((b) => document.querySelector('[data-testid=post-test]').dataset.value !== b, before);
+    const value = await page.getAttribute('[data-testid=post-test]', 'data-value');
+    if (want === null) assert.match(await page.textContent('[data-testid=post-test]'), /between 0 and 100 %/);
+    else assert.ok(Math.abs(Number(value) - want) < 1e-9, `${percent} %: ${value} vs ${want}`);
   }
   await page.close();
 });

@@ -5,6 +5,7 @@
 
 mod augment;
 mod bench;
+mod calibrate;
 mod compare;
 mod data;
 mod device;
@@ -57,6 +58,9 @@ enum Command {
     Predict(predict::PredictArgs),
     /// Export a run's best checkpoint and model card to where the app embeds them from.
     Export(export::ExportArgs),
+    /// Calibrate the probability on held-out scores (Platt or temperature scaling) and write it
+    /// into the model file, its card and a reliability diagram; the weights are kept.
+    Calibrate(calibrate::CalibrateArgs),
     /// Measurements for `./build.sh bench` (one JSON object on stdout).
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -72,6 +76,7 @@ fn run() -> anyhow::Result<ExitCode> {
         Command::Evaluate(args) => args.run()?,
         Command::Predict(args) => return args.run(),
         Command::Export(args) => args.run()?,
+        Command::Calibrate(args) => args.run()?,
         Command::Bench(command) => command.run()?,
         Command::Imagenet(command) => command.run()?,
     }

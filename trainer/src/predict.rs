@@ -130,6 +130,25 @@ fn classify(classifier: &Classifier, file: &Path) -> Result<(Vec<u8>, Prediction
     Ok((bytes, prediction))
 }
 
+/// The result line: the label, the probability (saying when it is calibrated and at which
+/// prevalence it holds) and the threshold on the same scale.
+fn describe(p: &Prediction, calibrated_at: Option<f64>) -> String {
+    match calibrated_at {
+        Some(prevalence) => format!(
+            "{} (probability of effusion {:.3}, calibrated at {:.0} % prevalence; threshold {:.3}; uncalibrated {:.3})",
+            p.label,
+            p.probability,
+            100.0 * prevalence,
+            p.threshold,
+            p.uncalibrated_probability
+        ),
+        None => format!(
+            "{} (probability of effusion {:.3}, threshold {:.2})",
+            p.label, p.probability, p.threshold
+        ),
+    }
+}
+
 fn run(
     files: &[PathBuf],
     weights: Option<&Path>,
@@ -139,6 +158,7 @@ fn run(
 ) -> Result<ExitCode> {
     // One image at a time: the CPU backend starts instantly, a GPU would not pay off here.
     let classifier = load_classifier(weights, &Device::flex())?;
+    let calibrated_at = classifier.info().calibration.map(|c| c.prevalence);
     let mut failed = 0;
     let mut rows = Vec::new();
     let mut batch = Vec::new();
@@ -159,12 +179,10 @@ fn run(
             Ok(p) => {
                 if as_json {
                     rows.push(json!({"file": shown, "probability": p.probability, "label": p.label, "threshold": p.threshold,
+                        "uncalibrated_probability": p.uncalibrated_probability, "calibrated": calibrated_at.is_some(),
                         "logits": p.logits, "ood": p.ood, "ood_distance": p.ood_distance}));
                 } else {
-                    println!(
-                        "{shown}: {} (probability of effusion {:.3}, threshold {:.2})",
-                        p.label, p.probability, p.threshold
-                    );
+                    println!("{shown}: {}", describe(&p, calibrated_at));
                     if p.ood == Some(true) {
                         println!(
                             "  warning: this does not look like a frontal chest X-ray; the result is not meaningful"

@@ -128,6 +128,7 @@ impl Best<'_> {
                 options: serde_json::to_value(opts).unwrap_or_default(),
                 command: None,
             },
+            calibration: None,
             ood: None,
         };
         info

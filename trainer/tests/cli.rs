@@ -237,3 +237,95 @@ fn the_same_command_gives_the_same_run() {
     assert_eq!(a.lines().count(), 3, "{a}");
     assert_eq!(a, b, "two runs of the same command differ");
 }
+
+#[test]
+fn calibrate_writes_a_calibrated_model_with_the_same_weights_and_card_and_picture() {
+    let out = temp("calibrate");
+    let scores = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/scores");
+    let run = trainer(&[
+        "calibrate",
+        "--scores",
+        scores.join("oof.csv").to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    assert!(String::from_utf8_lossy(&run.stdout).contains("ECE (10 bins)"));
+    let bytes = std::fs::read(out.join("effusion.cxrw")).unwrap();
+    let info = cxr::weights::read_info(&bytes).unwrap();
+    let c = info.calibration.expect("a calibration");
+    let card = info.card.calibration.as_ref().expect("its card");
+    assert_eq!((card.images, card.effusion), (8, 4));
+    assert!(card.fitted_on.contains("oof.csv"), "{}", card.fitted_on);
+    // The parameters after the description are the embedded model's, byte for byte.
+    let tail = |b: &[u8]| b[b.len() - 1_000_000..].to_vec();
+    assert_eq!(tail(&bytes), tail(cxr::embedded::MODEL));
+    let md = std::fs::read_to_string(out.join("MODEL_CARD.md")).unwrap();
+    assert!(
+        md.contains("## Calibration") && md.contains("reliability.svg"),
+        "{md}"
+    );
+    assert!(
+        std::fs::read_to_string(out.join("reliability.svg"))
+            .unwrap()
+            .starts_with("<svg")
+    );
+
+    // `predict` with the calibrated file shows the calibrated probability and keeps the label.
+    let image = fixtures().join("effusion10.png");
+    let weights = out.join("effusion.cxrw");
+    let predict = |weights: Option<&std::path::Path>| {
+        let mut args = vec!["predict", "--json", image.to_str().unwrap()];
+        if let Some(w) = weights {
+            args.extend(["--weights", w.to_str().unwrap()]);
+        }
+        let out = trainer(&args);
+        let rows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        rows[0].clone()
+    };
+    let (calibrated, embedded) = (predict(Some(&weights)), predict(None));
+    assert_eq!(calibrated["calibrated"], true);
+    assert_eq!(calibrated["label"], embedded["label"]);
+    let raw = calibrated["uncalibrated_probability"].as_f64().unwrap();
+    assert!((raw - embedded["uncalibrated_probability"].as_f64().unwrap()).abs() < 1e-6);
+    let z = cxr::calibration::logit(raw);
+    let p = calibrated["probability"].as_f64().unwrap();
+    assert!(
+        (p - c.probability_of_logit(z)).abs() < 1e-4,
+        "{p} vs raw {raw}"
+    );
+}
+
+#[test]
+fn calibrate_refuses_bad_scores_and_data_without_the_cards_images() {
+    let scores = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/scores");
+    let out = temp("calibrate-bad");
+    let bad = trainer(&[
+        "calibrate",
+        "--scores",
+        scores.join("bad_label.csv").to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("line 2: label `yes`"));
+    let data = dataset("calibrate-data");
+    let missing = trainer(&[
+        "calibrate",
+        "--data",
+        data.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(missing.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&missing.stderr);
+    assert!(
+        stderr.contains("validation files recorded in the model card"),
+        "{stderr}"
+    );
+    assert!(!out.join("effusion.cxrw").exists());
+}

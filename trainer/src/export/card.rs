@@ -42,8 +42,9 @@ pub fn model_card(info: &ModelInfo, file_bytes: usize) -> String {
         .as_deref()
         .unwrap_or("(not recorded)");
     format!(
-        "{summary}\n{DATA_AND_USE}\n## Not-a-chest-X-ray check\n{ood}\n\n{INTENDED_USE}\n## Training command\n```\n{command}\n```\n",
+        "{summary}\n## Calibration\n{calibration}\n\n{DATA_AND_USE}\n## Not-a-chest-X-ray check\n{ood}\n\n{INTENDED_USE}\n## Training command\n```\n{command}\n```\n",
         summary = summary(info, file_bytes),
+        calibration = calibration_text(info),
         ood = info
             .card
             .ood
@@ -74,7 +75,7 @@ treat or triage patients.
 | Parameters | {params} |
 | Weight file | {kib:.0} KiB (f16) |
 | Input | whole image, greyscale, min-max normalised, stretched to {size}x{size} |
-| Threshold | {threshold:.2} on the probability of effusion |
+| Threshold | {threshold} |
 | Validation AUC | {auc}{ci} on {vn} images ({vp} effusion) |
 | At the threshold | sensitivity {sens}, specificity {spec}, accuracy {acc} |
 | Training images | {tn} ({tp} effusion, {tneg} no finding) |
@@ -87,7 +88,7 @@ treat or triage patients.
         params = count(c.parameters),
         kib = file_bytes as f64 / 1024.0,
         size = info.input_size,
-        threshold = info.threshold,
+        threshold = threshold_text(info),
         auc = num(v.auc),
         vn = count(v.images),
         vp = count(v.effusion),
@@ -99,6 +100,90 @@ treat or triage patients.
         tneg = count(t.nofinding),
         date = c.date.as_deref().unwrap_or("n/a"),
         epoch = count(c.epoch),
+    )
+}
+
+/// The threshold on the probability shown, and on the raw score when they differ.
+fn threshold_text(info: &ModelInfo) -> String {
+    match &info.calibration {
+        Some(c) => format!(
+            "{:.3} on the calibrated probability of effusion ({:.3} on the uncalibrated softmax score: the same decisions)",
+            c.probability(f64::from(info.threshold)),
+            info.threshold
+        ),
+        None => format!("{:.2} on the probability of effusion", info.threshold),
+    }
+}
+
+/// The calibration section: the mapping, what it was fitted on, the ECE before and after, the
+/// reliability diagram and its bins.
+fn calibration_text(info: &ModelInfo) -> String {
+    let (Some(c), Some(card)) = (&info.calibration, &info.card.calibration) else {
+        return "None: the probability is the softmax of the two logits, not calibrated; it does not \
+                mean \"this fraction of such images have effusion\"."
+            .into();
+    };
+    let prevalence = 100.0 * c.prevalence;
+    // An empty bin has no mean: a dash, not "n/a" (nothing is missing from the card).
+    let cell = |v: Option<f64>| v.map_or_else(|| "–".to_string(), |x| format!("{x:.3}"));
+    let rows: String = card
+        .before
+        .bins
+        .iter()
+        .zip(&card.after.bins)
+        .map(|(b, a)| {
+            format!(
+                "| {:.1}–{:.1} | {} | {} | {} | {} | {} | {} |\n",
+                b.lower,
+                b.upper,
+                b.count,
+                cell(b.mean_probability),
+                cell(b.fraction_effusion),
+                a.count,
+                cell(a.mean_probability),
+                cell(a.fraction_effusion)
+            )
+        })
+        .collect();
+    format!(
+        "The probability shown by the page and `predict` is calibrated: {method:?} scaling, \
+p = σ({slope:.4} · z + {intercept:.4}) where z is the logit difference (effusion − no finding), \
+fitted by minimising the log-loss (Newton's method, Platt's smoothed targets) on {fitted_on}.\n\n\
+It is the probability of effusion among images like these at their prevalence, {prevalence:.0} % effusion \
+({training}). At another prevalence π, multiply its odds by \
+(π / (1 − π)) / ({prevalence:.0} / {rest:.0}); the page does this for a prevalence you enter. \
+The threshold keeps its decisions (sensitivity {sens}, specificity {spec} on these images).\n\n\
+Expected calibration error ({bins} equal-width bins, on the same {n} images): **{before:.3} before, \
+{after:.3} after** (fitted and measured on the same images); {crossed}.\n\n![Reliability diagram](reliability.svg)\n\n\
+| bin | images (raw) | mean raw p | effusion fraction | images (calibrated) | mean calibrated p | effusion fraction |\n\
+|---|---|---|---|---|---|---|\n{rows}",
+        method = c.method,
+        slope = c.slope,
+        intercept = c.intercept,
+        fitted_on = card.fitted_on,
+        rest = 100.0 - prevalence,
+        training = match (info.card.training.effusion, info.card.training.images) {
+            (Some(e), Some(n)) if n > 0 => format!(
+                "the training set: {:.0} % effusion",
+                100.0 * e as f64 / n as f64
+            ),
+            _ => "the training set's is not recorded".into(),
+        },
+        crossed = card.after_cross_fitted.as_ref().map_or_else(
+            || "no cross-fitted figure".into(),
+            |r| format!(
+                "**{:.3}** when each fifth of them is calibrated by a fit on the other four fifths, \
+                 the fairer estimate for images the fit has not seen. Mean log-loss: {:.3} before, \
+                 {:.3} after, {:.3} cross-fitted",
+                r.ece, card.before.log_loss, card.after.log_loss, r.log_loss
+            )
+        ),
+        sens = num(card.sensitivity),
+        spec = num(card.specificity),
+        bins = card.before.bins.len(),
+        n = card.images,
+        before = card.before.ece,
+        after = card.after.ece,
     )
 }
 
