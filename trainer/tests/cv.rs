@@ -61,8 +61,14 @@ fn assert_no_fold_saw_its_scored_images(out: &Path, folds: usize) -> HashMap<Str
             .collect();
         assert!(!scored.is_empty());
         let (train, valid) = (files_of(&split["train"]), files_of(&split["valid"]));
-        assert!(train.is_disjoint(&scored), "fold {k} trained on scored images");
-        assert!(valid.is_disjoint(&scored), "fold {k} selected on scored images");
+        assert!(
+            train.is_disjoint(&scored),
+            "fold {k} trained on scored images"
+        );
+        assert!(
+            valid.is_disjoint(&scored),
+            "fold {k} selected on scored images"
+        );
         let card = cxr::weights::read_info(&std::fs::read(dir.join("best.cxrw")).unwrap())
             .unwrap()
             .card;
@@ -102,10 +108,15 @@ fn groups_finds_the_copies_of_one_x_ray() {
             .iter()
             .map(|f| f.as_str().unwrap().split_once('-').unwrap().1)
             .collect();
-        assert_eq!((group.as_array().unwrap().len(), names.len()), (3, 1), "{group}");
+        assert_eq!(
+            (group.as_array().unwrap().len(), names.len()),
+            (3, 1),
+            "{group}"
+        );
     }
     let picture = image::open(&sheet).unwrap();
-    assert_eq!(picture.height(), 6 * (128 + 6) + 6);
+    // Six pairs, four a row: two rows of 128-pixel images.
+    assert_eq!(picture.height(), 2 * (128 + 6) + 6);
 }
 
 #[test]
@@ -121,27 +132,45 @@ fn cv_scores_every_image_out_of_fold_keeps_groups_and_compares_on_the_same_folds
         .map(|n| vec![n.replace("{}", "0"), n.replace("{}", "1")])
         .collect();
     let groups_file = base.join("groups.json");
-    let text = serde_json::json!({"method": "by hand", "threshold": 0, "images": 12, "groups": groups});
+    let text =
+        serde_json::json!({"method": "by hand", "threshold": 0, "images": 12, "groups": groups});
     std::fs::write(&groups_file, text.to_string()).unwrap();
     let a = base.join("a");
     let g = groups_file.to_str().unwrap();
-    let stdout = succeeded(&cv(&data, &a, &["--folds", "3", "--epochs", "2", "--groups", g]));
-    assert!(stdout.contains("out-of-fold AUC") && stdout.contains("per-fold AUC"), "{stdout}");
+    let stdout = succeeded(&cv(
+        &data,
+        &a,
+        &["--folds", "3", "--epochs", "2", "--groups", g],
+    ));
+    assert!(
+        stdout.contains("out-of-fold AUC") && stdout.contains("per-fold AUC"),
+        "{stdout}"
+    );
     let report = json(&a.join("report.json"));
     assert_eq!(report["images"], 12, "{report}");
     assert_eq!(report["per_fold"].as_array().unwrap().len(), 3);
     assert_eq!(report["groups"], 4);
     let auc = report["auc"].as_f64().unwrap();
-    let (lo, hi) = (report["auc_ci95"][0].as_f64().unwrap(), report["auc_ci95"][1].as_f64().unwrap());
+    let (lo, hi) = (
+        report["auc_ci95"][0].as_f64().unwrap(),
+        report["auc_ci95"][1].as_f64().unwrap(),
+    );
     assert!(lo <= auc && auc <= hi, "{report}");
     let oof = std::fs::read_to_string(a.join("oof.csv")).unwrap();
     assert_eq!(oof.lines().count(), 13, "{oof}");
-    assert!(std::fs::read_to_string(a.join("roc.svg")).unwrap().starts_with("<svg"));
+    assert!(
+        std::fs::read_to_string(a.join("roc.svg"))
+            .unwrap()
+            .starts_with("<svg")
+    );
 
     let fold_of = assert_no_fold_saw_its_scored_images(&a, 3);
     assert_eq!(fold_of.len(), 12);
     for group in &groups {
-        assert_eq!(fold_of[&group[0]], fold_of[&group[1]], "group {group:?} split");
+        assert_eq!(
+            fold_of[&group[0]], fold_of[&group[1]],
+            "group {group:?} split"
+        );
     }
     for label in ["effusion/", "nofinding/"] {
         let folds: HashSet<usize> = fold_of
@@ -154,12 +183,30 @@ fn cv_scores_every_image_out_of_fold_keeps_groups_and_compares_on_the_same_folds
 
     // The same folds (same data, groups and seed) with another learning rate: a paired result.
     let b = base.join("b");
-    succeeded(&cv(&data, &b, &["--folds", "3", "--epochs", "2", "--groups", g, "--lr", "0.003"]));
-    let compared = succeeded(&trainer(&["cv", "compare", a.to_str().unwrap(), b.to_str().unwrap(), "--json"]));
+    succeeded(&cv(
+        &data,
+        &b,
+        &[
+            "--folds", "3", "--epochs", "2", "--groups", g, "--lr", "0.003",
+        ],
+    ));
+    let compared = succeeded(&trainer(&[
+        "cv",
+        "compare",
+        a.to_str().unwrap(),
+        b.to_str().unwrap(),
+        "--json",
+    ]));
     let d: serde_json::Value = serde_json::from_str(&compared).unwrap();
     let diff = d["difference"].as_f64().unwrap();
-    let (dlo, dhi) = (d["ci95"][0].as_f64().unwrap(), d["ci95"][1].as_f64().unwrap());
-    assert!(dlo <= diff && diff <= dhi && (-1.0..=1.0).contains(&diff), "{d}");
+    let (dlo, dhi) = (
+        d["ci95"][0].as_f64().unwrap(),
+        d["ci95"][1].as_f64().unwrap(),
+    );
+    assert!(
+        dlo <= diff && diff <= dhi && (-1.0..=1.0).contains(&diff),
+        "{d}"
+    );
     // Other folds: refused.
     let c = base.join("c");
     succeeded(&cv(&data, &c, &["--folds", "2", "--epochs", "1"]));
@@ -191,8 +238,14 @@ fn a_killed_cv_resumes_and_skips_finished_folds() {
     let started = Instant::now();
     // Kill in the middle of fold 2, once it has committed an epoch.
     while !second.join("state.json").is_file() {
-        assert!(child.try_wait().unwrap().is_none(), "cv ended before it was killed");
-        assert!(started.elapsed() < Duration::from_secs(300), "fold 2 never started");
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "cv ended before it was killed"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(300),
+            "fold 2 never started"
+        );
         std::thread::sleep(Duration::from_millis(5));
     }
     child.kill().unwrap();
@@ -204,11 +257,22 @@ fn a_killed_cv_resumes_and_skips_finished_folds() {
     let stderr = String::from_utf8_lossy(&resumed.stderr);
     assert!(resumed.status.success(), "{stderr}");
     assert!(stderr.contains("resuming after epoch"), "{stderr}");
-    assert!(!stderr.contains("fold 1/3"), "the finished fold ran again: {stderr}");
+    assert!(
+        !stderr.contains("fold 1/3"),
+        "the finished fold ran again: {stderr}"
+    );
     assert_eq!(mtime(&first_scores), finished);
     let metrics = std::fs::read_to_string(second.join("metrics.csv")).unwrap();
-    let epochs: Vec<&str> = metrics.lines().skip(1).map(|l| l.split(',').next().unwrap()).collect();
-    assert_eq!(epochs, ["1", "2", "3", "4", "5", "6", "7", "8"], "{metrics}");
+    let epochs: Vec<&str> = metrics
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').next().unwrap())
+        .collect();
+    assert_eq!(
+        epochs,
+        ["1", "2", "3", "4", "5", "6", "7", "8"],
+        "{metrics}"
+    );
     assert_no_fold_saw_its_scored_images(&out, 3);
     assert!(out.join("report.json").is_file());
 }
@@ -229,12 +293,23 @@ fn bad_groups_files_are_refused_with_a_clear_message() {
     for (name, message) in expected {
         let out = temp("groups-bad-run");
         let path = corpus.join(name);
-        let result = cv(&data, &out, &["--folds", "2", "--groups", path.to_str().unwrap()]);
+        let result = cv(
+            &data,
+            &out,
+            &["--folds", "2", "--groups", path.to_str().unwrap()],
+        );
         let stderr = String::from_utf8_lossy(&result.stderr);
         assert_eq!(result.status.code(), Some(2), "{name}: {stderr}");
-        assert!(stderr.contains(message) && stderr.contains(name), "{name}: {stderr}");
+        assert!(
+            stderr.contains(message) && stderr.contains(name),
+            "{name}: {stderr}"
+        );
         assert!(!stderr.contains("panicked"), "{name}: {stderr}");
     }
-    let missing = cv(&data, &temp("groups-missing"), &["--groups", "/nonexistent/groups.json"]);
+    let missing = cv(
+        &data,
+        &temp("groups-missing"),
+        &["--groups", "/nonexistent/groups.json"],
+    );
     assert!(String::from_utf8_lossy(&missing.stderr).contains("cannot read groups file"));
 }

@@ -34,8 +34,8 @@ pub struct GroupsArgs {
     /// Images whose hashes differ in at most this many of 256 bits are linked.
     #[arg(long, default_value_t = DEFAULT_THRESHOLD)]
     pub threshold: u32,
-    /// Also write a contact sheet (PNG) of pairs, two images a row, to look at where the
-    /// threshold should be.
+    /// Also write a contact sheet (PNG) of the listed pairs, four pairs a row, to look at where
+    /// the threshold should be.
     #[arg(long)]
     pub sheet: Option<PathBuf>,
     /// The contact sheet starts at the first pair at this distance or more.

@@ -61,6 +61,10 @@ impl GroupsFile {
     }
 
     pub fn write(&self, path: &Path) -> Result<()> {
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent)
+                .with_context(|| format!("cannot create {}", parent.display()))?;
+        }
         crate::run_dir::write_atomic(path, &serde_json::to_vec_pretty(self)?)
     }
 
