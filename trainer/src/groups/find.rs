@@ -1,10 +1,11 @@
-//! `trainer groups`: likely same-patient groups by a perceptual hash. Each image goes through
-//! the model's preprocessing (whole image, min-max normalised, 256x256), then a DCT hash
-//! (pHash: the signs of the lowest 16x16 DCT coefficients against their mean, from the
-//! `image_hasher` crate); two images whose hashes differ in at most `--threshold` of the 256
-//! bits are linked, and linked images form a group (connected components). The ImageNet
-//! ResNet-50's features would be a stronger similarity, but its weights are a 95 MB download
-//! that offline machines do not have; the hash needs nothing.
+//! `trainer groups`: likely same-patient groups. Each image goes through the model's
+//! preprocessing (whole image, min-max normalised, 256x256), then either a DCT hash (`phash`:
+//! the signs of the lowest 16x16 DCT coefficients against their mean, from the `image_hasher`
+//! crate; distance = differing bits of 256) or the ImageNet ResNet-50's pooled features
+//! (`resnet50`, [`super::features`]; distance = 1 - cosine similarity). Two images at most
+//! `--threshold` apart are linked, and linked images form a group (connected components). The
+//! hash needs nothing but finds only near-copies; the features need the 95 MB weights
+//! (`trainer imagenet fetch`).
 
 use std::path::{Path, PathBuf};
 
@@ -31,16 +32,22 @@ pub struct GroupsArgs {
     /// Where to write the groups file (for `--groups` of train, compare and cv).
     #[arg(long)]
     pub out: PathBuf,
-    /// Images whose hashes differ in at most this many of 256 bits are linked.
-    #[arg(long, default_value_t = DEFAULT_THRESHOLD)]
-    pub threshold: u32,
+    /// How images are compared.
+    #[arg(long, value_enum, default_value = "phash")]
+    pub method: Method,
+    /// Images at most this far apart are linked (default: 12 bits for phash, 0.25 for resnet50).
+    #[arg(long)]
+    pub threshold: Option<f64>,
+    /// Where the ImageNet weights are cached (--method resnet50).
+    #[arg(long)]
+    pub weights_dir: Option<PathBuf>,
     /// Also write a contact sheet (PNG) of the listed pairs, four pairs a row, to look at where
     /// the threshold should be.
     #[arg(long)]
     pub sheet: Option<PathBuf>,
-    /// The contact sheet starts at the first pair at this distance or more.
-    #[arg(long, default_value_t = 0)]
-    pub sheet_from: u32,
+    /// The list and the contact sheet start at the first pair at this distance or more.
+    #[arg(long, default_value_t = 0.0)]
+    pub sheet_from: f64,
     /// Pairs listed (and on the contact sheet).
     #[arg(long, default_value_t = 16)]
     pub show: usize,
@@ -49,70 +56,131 @@ pub struct GroupsArgs {
     pub quiet: bool,
 }
 
-/// Chosen by looking at the closest pairs of the 800 (docs/model.md): those at 16 to 21 bits are
-/// different patients (different bodies, positions and devices), so the default links only
-/// closer pairs: re-saved, rescaled or slightly cropped copies of one film.
-pub const DEFAULT_THRESHOLD: u32 = 12;
+/// How images are compared.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Method {
+    /// Perceptual hash (DCT) of the preprocessed image: near-copies only.
+    Phash,
+    /// Cosine distance of the ImageNet ResNet-50's pooled features (needs `imagenet fetch`).
+    Resnet50,
+}
+
+impl Method {
+    /// The default thresholds, chosen by looking at the closest pairs of the 800
+    /// (docs/model.md). pHash: the pairs at 16 to 21 bits are different patients, so only closer
+    /// pairs (re-saved, rescaled or slightly cropped copies of one film) are linked.
+    pub fn default_threshold(self) -> f64 {
+        match self {
+            Method::Phash => 12.0,
+            Method::Resnet50 => 0.25,
+        }
+    }
+
+    fn description(self) -> String {
+        match self {
+            Method::Phash => format!(
+                "pHash (DCT, {HASH_SIDE}x{HASH_SIDE} bits) of the preprocessed {SIDE}x{SIDE} image; \
+                 distance = differing bits"
+            ),
+            Method::Resnet50 => format!(
+                "ImageNet ResNet-50 pooled features of the preprocessed {SIDE}x{SIDE} image, \
+                 centred; distance = 1 - cosine similarity"
+            ),
+        }
+    }
+}
 
 /// Two images and the Hamming distance of their hashes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Pair {
     pub a: usize,
     pub b: usize,
-    pub distance: u32,
+    pub distance: f64,
 }
 
 impl GroupsArgs {
     pub fn run(self) -> Result<()> {
-        check_threshold(self.threshold)?;
+        let threshold = self
+            .threshold
+            .unwrap_or_else(|| self.method.default_threshold());
+        if threshold.is_nan() || threshold < 0.0 {
+            bail!("--threshold must be a distance of 0 or more, got {threshold}");
+        }
         let data = data::discover(&self.data)?;
-        let hashes = hash_all(&data.root, &data.items, self.quiet)?;
-        let pairs = closest_pairs(&hashes);
-        let groups = link(&data.items, &pairs, self.threshold);
+        let pairs = match self.method {
+            Method::Phash => closest_pairs(&hash_all(&data.root, &data.items, self.quiet)?),
+            Method::Resnet50 => {
+                let rows = super::features::resnet50_features(
+                    &data.root,
+                    &data.items,
+                    SIDE,
+                    self.weights_dir.clone(),
+                )?;
+                all_pairs(rows.len(), |a, b| {
+                    super::features::cosine_distance(&rows[a], &rows[b])
+                })
+            }
+        };
         let file = GroupsFile {
             method: format!(
-                "pHash (DCT, {HASH_SIDE}x{HASH_SIDE} bits) of the preprocessed {SIDE}x{SIDE} image; \
-                 Hamming distance <= threshold links two images; groups are the connected components"
+                "{}; two images at most the threshold apart are linked; groups are the connected \
+                 components",
+                self.method.description()
             ),
-            threshold: self.threshold,
+            threshold,
             images: data.items.len(),
-            groups,
+            groups: link(&data.items, &pairs, threshold),
         };
         file.write(&self.out)?;
+        self.print(&data.items, &pairs, &file)?;
+        if let Some(sheet) = &self.sheet {
+            super::sheet::write(
+                sheet,
+                &data.root,
+                &data.items,
+                &self.shown(&pairs),
+                SIDE / 2,
+            )?;
+            println!("contact sheet of these pairs: {}", sheet.display());
+        }
+        Ok(())
+    }
+
+    /// The pairs listed and drawn: `--show` of them from distance `--sheet-from` on.
+    fn shown(&self, pairs: &[Pair]) -> Vec<Pair> {
+        pairs
+            .iter()
+            .filter(|p| p.distance >= self.sheet_from)
+            .take(self.show)
+            .copied()
+            .collect()
+    }
+
+    fn print(&self, items: &[Item], pairs: &[Pair], file: &GroupsFile) -> Result<()> {
         let mixed = file
             .groups
             .iter()
             .filter(|g| {
-                let effusion = g.iter().filter(|f| is_positive(&data.items, f)).count();
+                let effusion = g.iter().filter(|f| is_positive(items, f)).count();
                 effusion > 0 && effusion < g.len()
             })
             .count();
         println!(
             "{} images: {} group(s) of {} images at distance <= {} ({} pair(s)); {} group(s) hold both labels; written to {}",
-            data.items.len(),
+            items.len(),
             file.groups.len(),
             file.grouped_images(),
-            self.threshold,
+            file.threshold,
             pairs
                 .iter()
-                .filter(|p| p.distance <= self.threshold)
+                .filter(|p| p.distance <= file.threshold)
                 .count(),
             mixed,
             self.out.display()
         );
-        let shown: Vec<Pair> = pairs
-            .iter()
-            .filter(|p| p.distance >= self.sheet_from)
-            .take(self.show)
-            .copied()
-            .collect();
-        for p in &shown {
-            let (a, b) = (&data.items[p.a].file, &data.items[p.b].file);
-            println!("  {:>3}  {a}  {b}", p.distance);
-        }
-        if let Some(sheet) = &self.sheet {
-            super::sheet::write(sheet, &data.root, &data.items, &shown, SIDE / 2)?;
-            println!("contact sheet of these pairs: {}", sheet.display());
+        for p in self.shown(pairs) {
+            let (a, b) = (&items[p.a].file, &items[p.b].file);
+            println!("  {:>7.3}  {a}  {b}", p.distance);
         }
         Ok(())
     }
@@ -158,22 +226,31 @@ pub fn hash_all(root: &Path, items: &[Item], quiet: bool) -> Result<Vec<ImageHas
     Ok(hashes)
 }
 
-/// Every pair of images, closest first (ties in file order).
+/// Every pair of images by hash distance, closest first.
 pub fn closest_pairs(hashes: &[ImageHash]) -> Vec<Pair> {
-    let mut pairs = Vec::with_capacity(hashes.len() * hashes.len().saturating_sub(1) / 2);
-    for a in 0..hashes.len() {
-        for b in a + 1..hashes.len() {
-            let distance = hashes[a].dist(&hashes[b]);
+    all_pairs(hashes.len(), |a, b| f64::from(hashes[a].dist(&hashes[b])))
+}
+
+/// Every pair of `n` images with its distance, closest first (ties in file order).
+pub fn all_pairs(n: usize, distance: impl Fn(usize, usize) -> f64) -> Vec<Pair> {
+    let mut pairs = Vec::with_capacity(n * n.saturating_sub(1) / 2);
+    for a in 0..n {
+        for b in a + 1..n {
+            let distance = distance(a, b);
             pairs.push(Pair { a, b, distance });
         }
     }
-    pairs.sort_by_key(|p| (p.distance, p.a, p.b));
+    pairs.sort_by(|p, q| {
+        p.distance
+            .total_cmp(&q.distance)
+            .then((p.a, p.b).cmp(&(q.a, q.b)))
+    });
     pairs
 }
 
 /// The groups (connected components of the pairs at `threshold` or closer), each as its
 /// files in data order, groups in the order of their first file.
-pub fn link(items: &[Item], pairs: &[Pair], threshold: u32) -> Vec<Vec<String>> {
+pub fn link(items: &[Item], pairs: &[Pair], threshold: f64) -> Vec<Vec<String>> {
     let mut parent: Vec<usize> = (0..items.len()).collect();
     for p in pairs.iter().take_while(|p| p.distance <= threshold) {
         super::union(&mut parent, p.a, p.b);
@@ -184,15 +261,4 @@ pub fn link(items: &[Item], pairs: &[Pair], threshold: u32) -> Vec<Vec<String>> 
         members.entry(root).or_default().push(items[i].file.clone());
     }
     members.into_values().filter(|g| g.len() > 1).collect()
-}
-
-/// A check that the threshold leaves something to compare (`--threshold` past every bit).
-pub fn check_threshold(threshold: u32) -> Result<()> {
-    if threshold >= HASH_SIDE * HASH_SIDE {
-        bail!(
-            "--threshold {threshold} links every pair (hashes have {} bits)",
-            HASH_SIDE * HASH_SIDE
-        );
-    }
-    Ok(())
 }

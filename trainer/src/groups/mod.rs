@@ -4,6 +4,7 @@
 //! every split and fold by giving its images one shared patient key, which [`crate::data::split`]
 //! and [`crate::data::folds`] already keep together.
 
+mod features;
 pub mod find;
 mod sheet;
 
@@ -23,7 +24,7 @@ pub struct GroupsFile {
     /// How the groups were found (for the reader).
     pub method: String,
     /// The largest distance that links two images.
-    pub threshold: u32,
+    pub threshold: f64,
     /// Images compared.
     pub images: usize,
     /// Each group: two or more files (paths relative to the data folder, as `train` names

@@ -19,7 +19,7 @@ fn items(n: usize) -> Vec<Item> {
 fn groups_file(groups: Vec<Vec<String>>) -> GroupsFile {
     GroupsFile {
         method: "test".into(),
-        threshold: 3,
+        threshold: 3.0,
         images: 0,
         groups,
     }
@@ -82,16 +82,21 @@ fn grouped_images_share_one_key_and_patients_merge() {
 #[test]
 fn linking_takes_pairs_up_to_the_threshold_transitively() {
     let all = items(6);
-    let pair = |a, b, distance| Pair { a, b, distance };
-    let pairs = [pair(0, 1, 1), pair(1, 2, 2), pair(3, 4, 2), pair(4, 5, 9)];
-    let groups = link(&all, &pairs, 2);
+    let pair = |a, b, distance: f64| Pair { a, b, distance };
+    let pairs = [
+        pair(0, 1, 1.0),
+        pair(1, 2, 2.0),
+        pair(3, 4, 2.0),
+        pair(4, 5, 9.0),
+    ];
+    let groups = link(&all, &pairs, 2.0);
     assert_eq!(groups.len(), 2);
     assert_eq!(
         groups[0],
         ["effusion/0.png", "nofinding/1.png", "effusion/2.png"]
     );
     assert_eq!(groups[1], ["nofinding/3.png", "effusion/4.png"]);
-    assert!(link(&all, &pairs, 0).is_empty());
+    assert!(link(&all, &pairs, 0.0).is_empty());
 }
 
 #[test]
