@@ -119,6 +119,28 @@ fn groups_finds_the_copies_of_one_x_ray() {
     assert_eq!(picture.height(), 2 * (128 + 6) + 6);
 }
 
+/// The ResNet-50 similarity links the copies too. Needs the ImageNet weights in the cache
+/// (`trainer imagenet fetch`) and, in practice, a release build (`cargo test --release`).
+#[test]
+#[ignore = "needs the 95 MB ImageNet weights in the cache (trainer imagenet fetch)"]
+fn groups_by_resnet50_features_find_the_copies() {
+    let data = dataset("groups-r50-data");
+    let out = temp("groups-r50-out").join("groups.json");
+    let stdout = succeeded(&trainer(&[
+        "groups",
+        "--data",
+        data.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--method",
+        "resnet50",
+        "--threshold",
+        "0.1",
+        "--quiet",
+    ]));
+    assert!(stdout.contains("4 group(s) of 12 images"), "{stdout}");
+}
+
 #[test]
 fn cv_scores_every_image_out_of_fold_keeps_groups_and_compares_on_the_same_folds() {
     let data = dataset("cv-data");

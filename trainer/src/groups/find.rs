@@ -35,7 +35,8 @@ pub struct GroupsArgs {
     /// How images are compared.
     #[arg(long, value_enum, default_value = "phash")]
     pub method: Method,
-    /// Images at most this far apart are linked (default: 12 bits for phash, 0.25 for resnet50).
+    /// Images at most this far apart are linked (default: 12 bits for phash; 0 for resnet50, whose
+    /// threshold is to be chosen by looking at its pairs).
     #[arg(long)]
     pub threshold: Option<f64>,
     /// Where the ImageNet weights are cached (--method resnet50).
@@ -66,13 +67,15 @@ pub enum Method {
 }
 
 impl Method {
-    /// The default thresholds, chosen by looking at the closest pairs of the 800
-    /// (docs/model.md). pHash: the pairs at 16 to 21 bits are different patients, so only closer
-    /// pairs (re-saved, rescaled or slightly cropped copies of one film) are linked.
+    /// The default thresholds. pHash: chosen by looking at the closest pairs of the 800
+    /// (docs/model.md): those at 16 to 21 bits are different patients, so only closer pairs
+    /// (re-saved, rescaled or slightly cropped copies of one film) are linked. ResNet-50: no
+    /// threshold has been chosen by looking yet, so by default only identical features link;
+    /// look at the listed pairs (`--show`, `--sheet`) and pass `--threshold`.
     pub fn default_threshold(self) -> f64 {
         match self {
             Method::Phash => 12.0,
-            Method::Resnet50 => 0.25,
+            Method::Resnet50 => 0.0,
         }
     }
 
