@@ -203,10 +203,17 @@ fn cv_scores_every_image_out_of_fold_keeps_groups_and_compares_on_the_same_folds
         assert_eq!(folds.len(), 3, "{label} images in every fold (stratified)");
     }
 
+    compare_on_the_same_folds_only(&data, &a, g);
+}
+
+/// `cv compare`: a paired result against a cv on the same folds, refused against other folds;
+/// and a second cv into a used folder is refused.
+fn compare_on_the_same_folds_only(data: &Path, a: &Path, g: &str) {
+    let base = a.parent().unwrap();
     // The same folds (same data, groups and seed) with another learning rate: a paired result.
     let b = base.join("b");
     succeeded(&cv(
-        &data,
+        data,
         &b,
         &[
             "--folds", "3", "--epochs", "2", "--groups", g, "--lr", "0.003",
@@ -231,12 +238,12 @@ fn cv_scores_every_image_out_of_fold_keeps_groups_and_compares_on_the_same_folds
     );
     // Other folds: refused.
     let c = base.join("c");
-    succeeded(&cv(&data, &c, &["--folds", "2", "--epochs", "1"]));
+    succeeded(&cv(data, &c, &["--folds", "2", "--epochs", "1"]));
     let refused = trainer(&["cv", "compare", a.to_str().unwrap(), c.to_str().unwrap()]);
     assert_eq!(refused.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&refused.stderr).contains("same images and folds"));
     // A second cv into a used folder is refused.
-    let again = cv(&data, &a, &["--folds", "3"]);
+    let again = cv(data, a, &["--folds", "3"]);
     assert!(String::from_utf8_lossy(&again.stderr).contains("--resume"));
 }
 

@@ -259,9 +259,9 @@ pub fn link(items: &[Item], pairs: &[Pair], threshold: f64) -> Vec<Vec<String>> 
         super::union(&mut parent, p.a, p.b);
     }
     let mut members: std::collections::BTreeMap<usize, Vec<String>> = Default::default();
-    for i in 0..items.len() {
+    for (i, item) in items.iter().enumerate() {
         let root = super::find_root(&mut parent, i);
-        members.entry(root).or_default().push(items[i].file.clone());
+        members.entry(root).or_default().push(item.file.clone());
     }
     members.into_values().filter(|g| g.len() > 1).collect()
 }
