@@ -134,12 +134,11 @@ pub fn write<'a>(cv: &CvDir, plan: &'a CvPlan, folds: &[FoldScores]) -> Result<C
     if oof.labels.is_empty() {
         bail!("no image was scored in every repeat");
     }
-    let groups = plan
-        .items
-        .iter()
-        .filter_map(|i| i.patient.as_deref())
-        .collect::<std::collections::HashSet<_>>()
-        .len();
+    let mut sizes: HashMap<&str, usize> = HashMap::new();
+    for key in plan.items.iter().filter_map(|i| i.patient.as_deref()) {
+        *sizes.entry(key).or_default() += 1;
+    }
+    let groups = sizes.values().filter(|&&n| n > 1).count();
     let report = CvReport {
         folds: plan.folds,
         repeats: plan.repeats,
