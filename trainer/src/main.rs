@@ -7,10 +7,12 @@ mod augment;
 mod bench;
 mod calibrate;
 mod compare;
+mod cv;
 mod data;
 mod device;
 mod evaluate;
 mod export;
+mod groups;
 mod loader;
 mod objective;
 mod ood;
@@ -52,6 +54,11 @@ enum Command {
     Train(train::TrainArgs),
     /// Short training runs of a few variants on the same split, and a table comparing them.
     Compare(compare::CompareArgs),
+    /// K-fold cross-validation of a training configuration: pooled out-of-fold AUC with a
+    /// bootstrap CI, per-fold AUCs; `cv compare A B` for a paired difference.
+    Cv(cv::CvArgs),
+    /// Likely same-patient groups by a perceptual hash, for --groups.
+    Groups(groups::find::GroupsArgs),
     /// Report AUC (with 95 % CI), accuracy, sensitivity, specificity and the confusion matrix.
     Evaluate(evaluate::EvaluateArgs),
     /// Probability of effusion for each file, and optionally the saliency overlay.
@@ -73,6 +80,8 @@ fn run() -> anyhow::Result<ExitCode> {
     match Cli::parse().command {
         Command::Train(args) => args.run()?,
         Command::Compare(args) => args.run()?,
+        Command::Cv(args) => args.run()?,
+        Command::Groups(args) => args.run()?,
         Command::Evaluate(args) => args.run()?,
         Command::Predict(args) => return args.run(),
         Command::Export(args) => args.run()?,

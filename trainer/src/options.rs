@@ -82,6 +82,10 @@ pub struct TrainOptions {
     /// Softmax temperature of the distillation term (with --teacher).
     #[arg(long, default_value_t = 2.0)]
     pub temperature: f32,
+    /// Likely same-patient groups (a file from `trainer groups`): each group stays on one side
+    /// of the split and of every fold.
+    #[arg(long)]
+    pub groups: Option<PathBuf>,
 }
 
 impl Default for TrainOptions {
@@ -110,6 +114,7 @@ impl Default for TrainOptions {
             teacher: None,
             distill_weight: 0.5,
             temperature: 2.0,
+            groups: None,
         }
     }
 }

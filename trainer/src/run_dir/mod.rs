@@ -144,18 +144,13 @@ impl RunDir {
         self.write_json(SPLIT, split)
     }
 
-    /// The run's split: the saved one, or a new one of `data` (after the prevalence), saved.
+    /// The run's split: the saved one, or a new one of `data` (with its groups, after the
+    /// prevalence), saved.
     pub fn prepare_split(&self, opts: &TrainOptions, data: &Dataset) -> Result<Split> {
         if let Some(split) = self.read_split_if_any()? {
             return Ok(split);
         }
-        let items = match opts.prevalence {
-            Some(p) if p > 0.0 && p < 1.0 => {
-                crate::data::subsample_prevalence(&data.items, p, opts.seed)
-            }
-            Some(p) => bail!("--prevalence must be between 0 and 1, got {p}"),
-            None => data.items.clone(),
-        };
+        let items = crate::groups::prepared_items(data, opts)?;
         let split = crate::data::split(&items, opts.valid_fraction, opts.seed)?;
         self.write_split(&split)?;
         Ok(split)

@@ -8,7 +8,7 @@
 //! `255 x - mean(BGR means)`.
 
 mod finetune;
-mod frozen;
+pub mod frozen;
 pub mod imagenet;
 mod probe;
 pub mod resnet50;

@@ -1,0 +1,217 @@
+//! `trainer cv`: K-fold cross-validation of a training configuration, the yardstick for "A is
+//! better than B". Each (repeat, fold) is an ordinary `train` run in its own folder whose split
+//! is the other folds' images, split again into training and an inner validation part: every
+//! choice training makes (best epoch, threshold) is made there, never on the scored fold. The
+//! best checkpoint then scores the held-out fold; the pooled out-of-fold scores give the AUC
+//! with a bootstrap CI. A crashed cv continues with `--resume`: finished folds are skipped, an
+//! interrupted one resumes from its last committed epoch.
+
+mod bootstrap;
+mod compare;
+mod files;
+mod plan;
+mod report;
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use burn::tensor::Device;
+use clap::{Args, Subcommand};
+use cxr::Classifier;
+
+use crate::data;
+use crate::device;
+use crate::loader::LoaderConfig;
+use crate::options::{Session, TrainOptions};
+use crate::run_dir::RunDir;
+use crate::train::train;
+use crate::validation::predict_all;
+use files::{CvDir, FoldScores};
+use plan::{CvPlan, check_disjoint};
+
+/// `trainer cv`.
+#[derive(Args, Debug)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+pub struct CvArgs {
+    #[command(subcommand)]
+    pub command: Option<CvCommand>,
+    /// Data folder: effusion/ + nofinding/, or NIH Data_Entry_2017.csv with its images.
+    #[arg(long, required_unless_present = "resume")]
+    pub data: Option<PathBuf>,
+    /// Folds (stratified by class; each group or patient in one fold).
+    #[arg(long, default_value_t = 5)]
+    pub folds: usize,
+    /// Repeats of the whole cross-validation with other fold seeds (seed, seed + 1, ...).
+    #[arg(long, default_value_t = 1)]
+    pub repeats: usize,
+    #[command(flatten)]
+    pub options: TrainOptions,
+    #[command(flatten)]
+    pub session: Session,
+    /// Continue the cv in CV_DIR (its saved plan and options apply; --data may name a moved
+    /// data folder).
+    #[arg(long, value_name = "CV_DIR", conflicts_with = "out")]
+    pub resume: Option<PathBuf>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum CvCommand {
+    /// Paired comparison of two cv folders scored on the same folds: AUC difference with a
+    /// paired-bootstrap 95 % CI.
+    Compare(compare::CvCompareArgs),
+}
+
+impl CvArgs {
+    pub fn run(self) -> Result<()> {
+        if let Some(CvCommand::Compare(args)) = self.command {
+            return args.run();
+        }
+        let (device, name) = device::select(self.session.backend)?;
+        eprintln!("backend: {name}");
+        let data = self.data.clone().unwrap_or_default();
+        let (cv, plan) = match &self.resume {
+            Some(dir) => resume_plan(dir, data)?,
+            None => {
+                let opts = self.options.clone().with_data(data);
+                new_plan(&self.session.out(), &opts, self.folds, self.repeats)?
+            }
+        };
+        let summary = run(&cv, &plan, &device, self.session.quiet)?;
+        println!("{summary}");
+        Ok(())
+    }
+}
+
+/// A new cv folder with its plan saved.
+fn new_plan(
+    out: &Path,
+    opts: &TrainOptions,
+    folds: usize,
+    repeats: usize,
+) -> Result<(CvDir, CvPlan)> {
+    let cv = CvDir::open(out);
+    if cv.has_plan() {
+        bail!(
+            "{} already holds a cv; use --resume {} to continue it or choose another --out",
+            out.display(),
+            out.display()
+        );
+    }
+    let data = data::discover(&opts.data)?;
+    let plan = CvPlan::new(opts, &data, folds, repeats)?;
+    cv.write_plan(&plan)?;
+    Ok((cv, plan))
+}
+
+/// The saved plan of `dir`, with the data folder replaced where one is given.
+fn resume_plan(dir: &Path, data: PathBuf) -> Result<(CvDir, CvPlan)> {
+    let cv = CvDir::open(dir);
+    let mut plan = cv.read_plan()?;
+    if !data.as_os_str().is_empty() {
+        plan.options.data = data;
+    }
+    Ok((cv, plan))
+}
+
+/// Train and score every fold not finished yet, then write the report. Returns its summary.
+pub fn run(cv: &CvDir, plan: &CvPlan, device: &Device, quiet: bool) -> Result<String> {
+    let total = plan.folds * plan.repeats;
+    let started = Instant::now();
+    let mut scores = Vec::with_capacity(total);
+    let mut trained = 0;
+    for (n, (r, k)) in plan.runs().enumerate() {
+        if let Some(done) = cv.read_scores(r, k)? {
+            scores.push(done);
+            continue;
+        }
+        if !quiet {
+            eprintln!(
+                "== repeat {}/{}, fold {}/{} ({})",
+                r + 1,
+                plan.repeats,
+                k + 1,
+                plan.folds,
+                cv.fold_dir(r, k).display()
+            );
+        }
+        let fold = run_fold(cv, plan, r, k, device, quiet)?;
+        trained += 1;
+        if !quiet {
+            let per_fold = started.elapsed().as_secs_f64() / trained as f64;
+            eprintln!(
+                "   fold AUC {}; {:.0} s so far, about {:.0} s to go",
+                crate::metrics::auc(&fold.scores, &fold.labels)
+                    .map_or("n/a".into(), |a| format!("{a:.3}")),
+                started.elapsed().as_secs_f64(),
+                per_fold * (total - n - 1) as f64
+            );
+        }
+        scores.push(fold);
+    }
+    let report = report::write(cv, plan, &scores)?;
+    Ok(format!(
+        "{}\nreport {}",
+        report::summary(&report),
+        cv.file(files::REPORT).display()
+    ))
+}
+
+/// Train fold `k` of repeat `r` on the other folds (resuming a run a crash cut short), then
+/// score its images with the best checkpoint.
+fn run_fold(
+    cv: &CvDir,
+    plan: &CvPlan,
+    r: usize,
+    k: usize,
+    device: &Device,
+    quiet: bool,
+) -> Result<FoldScores> {
+    let dir = cv.fold_dir(r, k);
+    let run = RunDir::create(&dir)?;
+    let scored = plan.scored(r, k);
+    let split = match run.read_split_if_any()? {
+        Some(split) => split,
+        None => {
+            let split = plan.inner_split(r, k)?;
+            run.write_split(&split)?;
+            split
+        }
+    };
+    // Also on resume: a split.json edited or left from another plan must not leak.
+    check_disjoint(&split, &scored).with_context(|| run.split_path().display().to_string())?;
+    let opts = plan.run_options(r);
+    train(&opts, &dir, device, run.has_run(), quiet)?;
+    let best = run
+        .read_best()?
+        .with_context(|| format!("{}: the run has no best epoch", dir.display()))?;
+    let classifier = Classifier::from_bytes(&run.read_best_checkpoint()?, device)
+        .with_context(|| run.best_checkpoint_path().display().to_string())?;
+    let loader = LoaderConfig {
+        batch_size: opts.batch_size,
+        workers: opts.workers,
+        prefetch: 2,
+        size: classifier.info().input_size,
+    };
+    let p = predict_all(
+        classifier.model(),
+        &opts.data,
+        &scored,
+        &loader,
+        device,
+        quiet,
+    );
+    let fold = FoldScores {
+        repeat: r,
+        fold: k,
+        best_epoch: best.epoch,
+        // Chosen on the inner validation split's scores (the same computation as these).
+        threshold: best.validation.threshold,
+        files: p.files,
+        labels: p.labels,
+        scores: p.scores,
+        failed: p.failed,
+    };
+    cv.write_scores(&fold)?;
+    Ok(fold)
+}
