@@ -335,6 +335,9 @@ struct Score {
 
 /// Score the bytes of one file for validation mode: the same path as [`classify`], without
 /// sending the preview and heat map back. Rejects as [`classify`] does (with `error.code`).
+/// The score is the uncalibrated probability, the scale the model's threshold was chosen on and
+/// `trainer evaluate` reports, so both give the same figures; calibration is monotone, so the
+/// AUC, ROC, sensitivity and specificity are the same on either scale.
 #[wasm_bindgen]
 pub async fn score(bytes: Vec<u8>) -> Result<JsValue, JsValue> {
     let (classifier, backend) = current()?;
@@ -342,7 +345,7 @@ pub async fn score(bytes: Vec<u8>) -> Result<JsValue, JsValue> {
         .await
         .map_err(coded_error)?;
     Ok(to_js(&Score {
-        probability: prediction.probability,
+        probability: prediction.uncalibrated_probability,
         ood: prediction.ood,
     })?)
 }

@@ -65,6 +65,15 @@ pub struct Epilogue<'a> {
     pub relu: bool,
 }
 
+impl Epilogue<'_> {
+    /// # Panics
+    /// When the bias or the residual does not fit the output (a programming error).
+    pub(super) fn check(&self, out_channels: usize, out_len: usize) {
+        assert_eq!(self.bias.len(), out_channels);
+        assert!(self.residual.is_none_or(|r| r.len() == out_len));
+    }
+}
+
 /// `input` `[batch, in, h, w]`, `weight` `[out, in * k * k]` (row-major, the (in, ky, kx) order
 /// of burn's and PyTorch's `[out, in, k, k]`) → `[batch, out, oh, ow]`.
 ///
@@ -80,8 +89,7 @@ pub fn conv2d(
     let out_len = g.batch * g.out_channels * g.out_pixels();
     assert_eq!(input.len(), g.batch * g.in_channels * g.in_pixels());
     assert_eq!(weight.len(), g.out_channels * g.patch_len());
-    assert_eq!(epilogue.bias.len(), g.out_channels);
-    assert!(epilogue.residual.is_none_or(|r| r.len() == out_len));
+    epilogue.check(g.out_channels, out_len);
     let mut out = vec![0f32; out_len];
     let segment = g.segment_len();
     let tasks: Vec<(usize, usize)> = (0..g.batch)

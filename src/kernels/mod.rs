@@ -130,13 +130,9 @@ fn run_winograd(
         height,
         width,
     };
-    let residual = residual.as_ref().map(values);
-    let epilogue = Epilogue {
-        bias: &values(&bias),
-        residual: residual.as_deref(),
-        relu,
-    };
-    let out = winograd::conv3x3(&values(&x), geometry, &values(&filters), epilogue);
+    let out = with_epilogue(&bias, residual.as_ref(), relu, |epilogue| {
+        winograd::conv3x3(&values(&x), geometry, &values(&filters), epilogue)
+    });
     flex_tensor(out, [batch, out_channels, height, width])
 }
 
@@ -161,15 +157,26 @@ fn run_conv(
         stride,
         padding,
     };
-    let residual = residual.as_ref().map(values);
-    let epilogue = Epilogue {
-        bias: &values(&bias),
-        residual: residual.as_deref(),
-        relu,
-    };
-    let out = conv2d(&values(&x), geometry, &values(&weight), epilogue);
+    let out = with_epilogue(&bias, residual.as_ref(), relu, |epilogue| {
+        conv2d(&values(&x), geometry, &values(&weight), epilogue)
+    });
     let (oh, ow) = (geometry.out_height(), geometry.out_width());
     flex_tensor(out, [batch, out_channels, oh, ow])
+}
+
+/// Run `kernel` with the epilogue made of these tensors' values.
+fn with_epilogue(
+    bias: &FlexTensor,
+    residual: Option<&FlexTensor>,
+    relu: bool,
+    kernel: impl FnOnce(Epilogue<'_>) -> Vec<f32>,
+) -> Vec<f32> {
+    let residual = residual.map(values);
+    kernel(Epilogue {
+        bias: &values(bias),
+        residual: residual.as_deref(),
+        relu,
+    })
 }
 
 fn dims4(t: &FlexTensor) -> [usize; 4] {

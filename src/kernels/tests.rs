@@ -1,7 +1,7 @@
 //! The kernels against burn's own operations on random shapes: odd sizes, stride 2, padding,
 //! batches of more than one.
 
-use burn::nn::conv::Conv2dConfig;
+use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::pool::MaxPool2dConfig;
 use burn::nn::{PaddingConfig2d, Relu};
 use burn::tensor::{Device, Distribution, Tensor};
@@ -21,6 +21,14 @@ fn relative_difference(ours: Tensor<4>, reference: Tensor<4>) -> f32 {
     (ours - reference).abs().max().into_scalar::<f32>() / scale
 }
 
+/// burn's convolution (with a bias) that the kernels are checked against, padding `k / 2`.
+fn reference_conv(cin: usize, cout: usize, k: usize, stride: usize, device: &Device) -> Conv2d {
+    Conv2dConfig::new([cin, cout], [k, k])
+        .with_stride([stride, stride])
+        .with_padding(PaddingConfig2d::Explicit(k / 2, k / 2, k / 2, k / 2))
+        .init(device)
+}
+
 /// `(batch, in, out, h, w, k, stride)` with padding `k / 2`, as the model's convolutions.
 const SHAPES: [(usize, usize, usize, usize, usize, usize, usize); 8] = [
     (1, 1, 4, 19, 23, 7, 2),
@@ -38,10 +46,7 @@ fn fused_convolution_matches_burns_conv_bias_and_relu() {
     let device = Device::flex();
     device.seed(7);
     for (batch, cin, cout, h, w, k, stride) in SHAPES {
-        let conv = Conv2dConfig::new([cin, cout], [k, k])
-            .with_stride([stride, stride])
-            .with_padding(PaddingConfig2d::Explicit(k / 2, k / 2, k / 2, k / 2))
-            .init(&device);
+        let conv = reference_conv(cin, cout, k, stride, &device);
         let bias = conv.bias.as_ref().expect("bias by default").val();
         let x = random([batch, cin, h, w], &device);
         for relu in [false, true] {
@@ -73,10 +78,7 @@ fn fused_residual_matches_burns_conv_plus_add_and_relu() {
     let device = Device::flex();
     device.seed(11);
     for (batch, cin, cout, h, w, k, stride) in SHAPES {
-        let conv = Conv2dConfig::new([cin, cout], [k, k])
-            .with_stride([stride, stride])
-            .with_padding(PaddingConfig2d::Explicit(k / 2, k / 2, k / 2, k / 2))
-            .init(&device);
+        let conv = reference_conv(cin, cout, k, stride, &device);
         let bias = conv.bias.as_ref().expect("bias by default").val();
         let x = random([batch, cin, h, w], &device);
         let reference = conv.forward(x.clone());
@@ -117,9 +119,7 @@ fn max_pool_matches_burns_on_odd_and_even_sizes() {
 fn a_non_contiguous_input_gives_the_same_result() {
     let device = Device::flex();
     device.seed(5);
-    let conv = Conv2dConfig::new([3, 4], [3, 3])
-        .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
-        .init(&device);
+    let conv = reference_conv(3, 4, 3, 1, &device);
     let bias = conv.bias.as_ref().expect("bias by default").val();
     // A transposed view: burn-flex keeps it strided until something needs it contiguous.
     let x = random([1, 3, 9, 6], &device).swap_dims(2, 3);
@@ -139,9 +139,7 @@ fn winograd_matches_burns_3x3_convolution() {
         (1, 16, 16, 64, 64),
         (3, 2, 3, 1, 3),
     ] {
-        let conv = Conv2dConfig::new([cin, cout], [3, 3])
-            .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
-            .init(&device);
+        let conv = reference_conv(cin, cout, 3, 1, &device);
         let bias = conv.bias.as_ref().expect("bias by default").val();
         let filters = winograd_filters(conv.weight.val());
         let x = random([batch, cin, h, w], &device);

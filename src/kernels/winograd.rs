@@ -78,8 +78,7 @@ pub fn conv3x3(
     let out_len = g.batch * g.out_channels * pixels;
     assert_eq!(input.len(), g.batch * g.in_channels * pixels);
     assert_eq!(filters.len(), POSITIONS * g.out_channels * g.in_channels);
-    assert_eq!(epilogue.bias.len(), g.out_channels);
-    assert!(epilogue.residual.is_none_or(|r| r.len() == out_len));
+    epilogue.check(g.out_channels, out_len);
     let mut out = vec![0f32; out_len];
     let image_in = g.in_channels * pixels;
     let image_out = g.out_channels * pixels;
