@@ -52,27 +52,52 @@ pub fn auc_ci(scores: &[f32], labels: &[u8], resamples: usize, seed: u64) -> Opt
     };
     let pos = by_score((0..labels.len()).filter(|&i| labels[i] == 1).collect());
     let neg = by_score((0..labels.len()).filter(|&i| labels[i] == 0).collect());
-    if pos.is_empty() || neg.is_empty() || resamples == 0 {
-        return None;
-    }
-    let mut rng = Rng::new(seed);
-    let mut aucs = Vec::with_capacity(resamples);
-    let mut s = Vec::with_capacity(labels.len());
-    let mut l = Vec::with_capacity(labels.len());
-    for _ in 0..resamples {
+    let (mut s, mut l) = (
+        Vec::with_capacity(labels.len()),
+        Vec::with_capacity(labels.len()),
+    );
+    let aucs = stratified_resamples([&pos, &neg], resamples, seed, |indices| {
         s.clear();
         l.clear();
-        for class in [&pos, &neg] {
-            for _ in 0..class.len() {
-                let k = class[rng.below(class.len())];
-                s.push(scores[k]);
-                l.push(labels[k]);
-            }
-        }
-        aucs.extend(auc(&s, &l));
+        s.extend(indices.iter().map(|&k| scores[k]));
+        l.extend(indices.iter().map(|&k| labels[k]));
+        auc(&s, &l)
+    });
+    percentile_ci(&aucs)
+}
+
+/// Sorted draws of `statistic` over stratified bootstrap resamples: each class (a list of image
+/// indices) resampled with replacement to its own size, so every resample has both. Empty when
+/// a class is.
+pub fn stratified_resamples(
+    classes: [&[usize]; 2],
+    resamples: usize,
+    seed: u64,
+    mut statistic: impl FnMut(&[usize]) -> Option<f64>,
+) -> Vec<f64> {
+    if classes.iter().any(|c| c.is_empty()) {
+        return Vec::new();
     }
-    aucs.sort_by(f64::total_cmp);
-    let at = |q: f64| aucs[((aucs.len() - 1) as f64 * q).round() as usize];
+    let mut rng = Rng::new(seed);
+    let mut indices = Vec::with_capacity(classes[0].len() + classes[1].len());
+    let mut draws = Vec::with_capacity(resamples);
+    for _ in 0..resamples {
+        indices.clear();
+        for class in classes {
+            indices.extend((0..class.len()).map(|_| class[rng.below(class.len())]));
+        }
+        draws.extend(statistic(&indices));
+    }
+    draws.sort_by(f64::total_cmp);
+    draws
+}
+
+/// The 2.5 % and 97.5 % percentiles of sorted draws; `None` without draws.
+pub fn percentile_ci(sorted: &[f64]) -> Option<(f64, f64)> {
+    if sorted.is_empty() {
+        return None;
+    }
+    let at = |q: f64| sorted[((sorted.len() - 1) as f64 * q).round() as usize];
     Some((at(0.025), at(0.975)))
 }
 

@@ -2,8 +2,7 @@
 //! out-of-fold AUC (averaged over repeats) and, for two configurations scored on the same
 //! folds, the paired difference of their AUCs (each resample of images used for both).
 
-use crate::metrics;
-use crate::rng::Rng;
+use crate::metrics::{self, percentile_ci};
 
 /// Out-of-fold scores of every image: `scores[repeat][image]`, one label per image.
 #[derive(Debug, Clone, PartialEq)]
@@ -31,8 +30,8 @@ impl OofScores {
     }
 }
 
-/// Draws of a statistic over stratified resamples of the images (each class resampled with
-/// replacement to its own size, so every resample has both classes).
+/// Sorted draws of a statistic over stratified resamples of the images
+/// ([`metrics::stratified_resamples`], classes in image order).
 pub fn resample<F: Fn(&[usize]) -> Option<f64>>(
     labels: &[u8],
     resamples: usize,
@@ -41,30 +40,7 @@ pub fn resample<F: Fn(&[usize]) -> Option<f64>>(
 ) -> Vec<f64> {
     let pos: Vec<usize> = (0..labels.len()).filter(|&i| labels[i] == 1).collect();
     let neg: Vec<usize> = (0..labels.len()).filter(|&i| labels[i] == 0).collect();
-    if pos.is_empty() || neg.is_empty() {
-        return Vec::new();
-    }
-    let mut rng = Rng::new(seed);
-    let mut indices = Vec::with_capacity(labels.len());
-    let mut draws = Vec::with_capacity(resamples);
-    for _ in 0..resamples {
-        indices.clear();
-        for class in [&pos, &neg] {
-            indices.extend((0..class.len()).map(|_| class[rng.below(class.len())]));
-        }
-        draws.extend(statistic(&indices));
-    }
-    draws.sort_by(f64::total_cmp);
-    draws
-}
-
-/// The 2.5 % and 97.5 % percentiles of sorted draws.
-pub fn percentile_ci(sorted: &[f64]) -> Option<(f64, f64)> {
-    if sorted.is_empty() {
-        return None;
-    }
-    let at = |q: f64| sorted[((sorted.len() - 1) as f64 * q).round() as usize];
-    Some((at(0.025), at(0.975)))
+    metrics::stratified_resamples([&pos, &neg], resamples, seed, statistic)
 }
 
 /// 95 % CI of the pooled out-of-fold AUC.
@@ -112,6 +88,7 @@ pub fn paired_difference(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::rng::Rng;
 
     /// Scores whose separation grows with `strength`, with noise from `seed`.
     fn oof(strength: f32, seed: u64, repeats: usize) -> OofScores {
