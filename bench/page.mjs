@@ -20,7 +20,7 @@ function walk(dir) { return fs.readdirSync(dir, { withFileTypes: true }).flatMap
 const sites = [{ name: 'ours', dir: dist }];
 if (process.env.BASELINE) sites.push({ name: 'baseline', dir: path.resolve(process.env.BASELINE) });
 for (const site of sites) {
-  Object.assign(site, await serveStatic(site.dir), { loads: [], results: [], timings: [], again: [], againTimings: [] });
+  Object.assign(site, await serveStatic(site.dir), { loads: [], results: [], inPage: [], timings: [], again: [], againInPage: [], againTimings: [] });
 }
 const browser = await chromium.launch({ executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
   args: CHROMIUM_FLAGS });
@@ -33,13 +33,29 @@ async function dropOnce(site) {
   await page.goto(`${site.origin}/`);
   await page.waitForFunction(() => document.body.dataset.state === 'ready', null, { timeout: 300_000 });
   site.loads.push(Date.now() - t0);
+  await page.evaluate(markDrops);
   site.results.push(await dropAndWait(page, 1));
+  site.inPage.push(await page.evaluate(() => window.benchDrawnMs));
   site.timings.push(await page.evaluate(() => document.getElementById('timings').textContent));
   // The same file again on the same page: the steady state, once the browser has finished
   // compiling the wasm in the background (a first drop right after "ready" shares the CPU with it).
   site.again.push(await dropAndWait(page, 2));
+  site.againInPage.push(await page.evaluate(() => window.benchDrawnMs));
   site.againTimings.push(await page.evaluate(() => document.getElementById('timings').textContent));
   await page.close();
+}
+
+// In the page: from the file input's change event (the user's drop or pick, as the page sees
+// it) to the frame after the result is shown. Playwright's setInputFiles spends tens of ms
+// before the event fires (about 90 ms on a page's first call), which the harness figure includes.
+function markDrops() {
+  let changed = 0;
+  document.getElementById('file').addEventListener('change', () => { changed = performance.now(); }, true);
+  new MutationObserver(() => requestAnimationFrame(() => {
+    const channel = new MessageChannel(); // runs after the frame is painted
+    channel.port1.onmessage = () => { window.benchDrawnMs = Math.round(performance.now() - changed); };
+    channel.port2.postMessage(0);
+  })).observe(document.body, { attributes: true, attributeFilter: ['data-handled'] });
 }
 
 // Drops the 1024x1024 PNG; resolves with the milliseconds until the page shows result `n`.
@@ -47,7 +63,8 @@ async function dropAndWait(page, n) {
   if (n > 1) await page.evaluate(() => { document.getElementById('file').value = ''; });
   const t = Date.now();
   await page.setInputFiles('input#file', big);
-  await page.waitForFunction((n) => Number(document.body.dataset.handled || 0) >= n && document.body.dataset.state === 'ready', n, { timeout: 120_000 });
+  await page.evaluate(() => { window.benchDrawnMs = null; });
+  await page.waitForFunction((n) => Number(document.body.dataset.handled || 0) >= n && document.body.dataset.state === 'ready' && window.benchDrawnMs !== null, n, { timeout: 120_000 });
   return Date.now() - t;
 }
 for (let i = 0; i < RUNS; i++) for (const site of sites) await dropOnce(site);
@@ -65,9 +82,11 @@ console.log(`machine: ${os.cpus().length} x ${os.cpus()[0].model}, ${os.platform
 console.log(`headless Chromium, CPU path (wasm + simd128), ${RUNS} runs, medians`);
 console.log(`| figure | value |\n|---|---|`);
 console.log(`| navigation → model ready (init, warm-up, self-test) | ${median(loads)} ms |`);
-console.log(`| file → result, 1024x1024 PNG (decode, preprocess, inference, CAM, drawing) | ${median(results)} ms |`);
+console.log(`| file → result drawn, 1024x1024 PNG, in the page (change event → frame after the result) | ${median(sites[0].inPage)} ms |`);
+console.log(`| the same, as the harness sees it (setInputFiles → result; includes Playwright's file transfer) | ${median(results)} ms |`);
 console.log(`| page timings of the last run | ${inference[inference.length - 1]} |`);
-console.log(`| the same file dropped again on the same page (steady state) | ${median(sites[0].again)} ms |`);
+console.log(`| the same file dropped again on the same page (steady state), in the page | ${median(sites[0].againInPage)} ms |`);
+console.log(`| the same, as the harness sees it | ${median(sites[0].again)} ms |`);
 console.log(`| page timings of the last second drop | ${sites[0].againTimings[sites[0].againTimings.length - 1]} |`);
 console.log(`| cxr_bg.wasm (model embedded: ${mb(model)}) | ${mb(wasm.length)} raw, ${mb(zlib.brotliCompressSync(wasm).length)} brotli |`);
 console.log(`| dist/ total (${files.length} files) | ${mb(total)} raw, ${mb(totalBr)} brotli |`);
@@ -78,8 +97,9 @@ if (sites.length > 1) {
   console.log('| figure | before | after | after / before |\n|---|---|---|---|');
   const row = (name, b, a, unit) => console.log(`| ${name} | ${b}${unit} | ${a}${unit} | **${(a / b).toFixed(2)}** |`);
   row('navigation → model ready', median(base.loads), median(ours.loads), ' ms');
-  row('file → result, 1024x1024 PNG', median(base.results), median(ours.results), ' ms');
-  row('the same file again, same page', median(base.again), median(ours.again), ' ms');
+  row('file → result drawn, 1024x1024 PNG, in the page', median(base.inPage), median(ours.inPage), ' ms');
+  row('the same file again, same page, in the page', median(base.againInPage), median(ours.againInPage), ' ms');
+  row('file → result, as the harness sees it', median(base.results), median(ours.results), ' ms');
   const stageMs = (stage) => (t) => Number((new RegExp(`${stage} (\\d+(?:\\.\\d+)?) ms`).exec(t) || [])[1]);
   for (const stage of ['decode', 'preprocess', 'inference']) {
     row(`${stage} (page timings, first drop)`, median(base.timings.map(stageMs(stage))), median(ours.timings.map(stageMs(stage))), ' ms');

@@ -5,6 +5,8 @@
 
 use gemm::Parallelism;
 
+use super::microkernel::{self, Destination, NativeLanes, PackedWeights};
+
 /// Shape of one square convolution over an NCHW batch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ConvGeometry {
@@ -74,6 +76,24 @@ impl Epilogue<'_> {
     }
 }
 
+/// How each segment's matrix product is computed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Product {
+    /// The `gemm` crate, then the epilogue over the segment: natively, where its AVX2/AVX-512
+    /// kernels are chosen at run time.
+    Gemm,
+    /// The project's register tiles with the epilogue in registers ([`microkernel`]): in wasm.
+    Tiles,
+}
+
+impl Product {
+    pub const DEFAULT: Self = if cfg!(target_family = "wasm") {
+        Self::Tiles
+    } else {
+        Self::Gemm
+    };
+}
+
 /// `input` `[batch, in, h, w]`, `weight` `[out, in * k * k]` (row-major, the (in, ky, kx) order
 /// of burn's and PyTorch's `[out, in, k, k]`) → `[batch, out, oh, ow]`.
 ///
@@ -84,6 +104,17 @@ pub fn conv2d(
     geometry: ConvGeometry,
     weight: &[f32],
     epilogue: Epilogue<'_>,
+) -> Vec<f32> {
+    conv2d_with(input, geometry, weight, epilogue, Product::DEFAULT)
+}
+
+/// [`conv2d`] with the product chosen by the caller (the tests run both).
+pub fn conv2d_with(
+    input: &[f32],
+    geometry: ConvGeometry,
+    weight: &[f32],
+    epilogue: Epilogue<'_>,
+    product: Product,
 ) -> Vec<f32> {
     let g = geometry;
     let out_len = g.batch * g.out_channels * g.out_pixels();
@@ -96,14 +127,26 @@ pub fn conv2d(
         .flat_map(|b| (0..g.out_pixels()).step_by(segment).map(move |s| (b, s)))
         .collect();
     let out_ptr = SharedOut(out.as_mut_ptr());
+    let weights = match product {
+        Product::Gemm => Weights::Plain(weight),
+        Product::Tiles => {
+            Weights::Packed(PackedWeights::new(weight, g.out_channels, g.patch_len()))
+        }
+    };
     let run = |&(b, start): &(usize, usize)| {
         let end = (start + segment).min(g.out_pixels());
         // SAFETY: every task writes only the columns [start, end) of its own image `b`, so no
         // two tasks write the same element, and `out` outlives the loop.
-        unsafe { conv_segment(input, g, weight, epilogue, b, start..end, out_ptr) };
+        unsafe { conv_segment(input, g, &weights, epilogue, b, start..end, out_ptr) };
     };
     for_each_task(&tasks, run);
     out
+}
+
+/// The weights as the chosen product reads them.
+enum Weights<'a> {
+    Plain(&'a [f32]),
+    Packed(PackedWeights),
 }
 
 /// The output buffer, shared by tasks that write disjoint parts of it.
@@ -139,44 +182,76 @@ std::thread_local! {
 unsafe fn conv_segment(
     input: &[f32],
     g: ConvGeometry,
-    weight: &[f32],
+    weights: &Weights<'_>,
     epilogue: Epilogue<'_>,
     b: usize,
     pixels: std::ops::Range<usize>,
     out: SharedOut,
 ) {
     let image = &input[b * g.in_channels * g.in_pixels()..][..g.in_channels * g.in_pixels()];
-    let out_image = b * g.out_channels * g.out_pixels();
+    let first = b * g.out_channels * g.out_pixels() + pixels.start;
     let len = pixels.len();
-    // SAFETY (both calls): `out + out_image + pixels.start` with row stride `out_pixels` stays
-    // inside image `b`'s `[out, oh, ow]` block for `out_channels` rows of `len` values.
-    let dst = unsafe { out.0.add(out_image + pixels.start) };
+    // SAFETY: `out + first` with row stride `out_pixels` stays inside image `b`'s
+    // `[out, oh, ow]` block for `out_channels` rows of `len` values, as does the residual.
+    let to = Destination {
+        out: unsafe { out.0.add(first) },
+        residual: epilogue.residual.map(|r| r[first..].as_ptr()),
+        stride: g.out_pixels(),
+        bias: epilogue.bias,
+        relu: epilogue.relu,
+    };
     if g.is_pointwise() {
         let rhs = &image[pixels.start..];
-        unsafe { multiply(g, weight, rhs.as_ptr(), g.in_pixels(), len, dst) };
+        unsafe { multiply(g, weights, rhs.as_ptr(), g.in_pixels(), len, to) };
     } else {
         COLUMNS.with_borrow_mut(|columns| {
             columns.resize(g.patch_len() * len, 0.0);
             im2col_segment(image, g, pixels.clone(), columns);
-            unsafe { multiply(g, weight, columns.as_ptr(), len, len, dst) };
+            unsafe { multiply(g, weights, columns.as_ptr(), len, len, to) };
         });
-    }
-    let rows = (0..g.out_channels).map(|c| out_image + c * g.out_pixels() + pixels.start);
-    for (c, row) in rows.enumerate() {
-        // SAFETY: the row's `len` values belong to this task (see above).
-        let values = unsafe { std::slice::from_raw_parts_mut(out.0.add(row), len) };
-        let residual = epilogue.residual.map(|r| &r[row..row + len]);
-        apply_epilogue(values, epilogue.bias[c], residual, epilogue.relu);
     }
 }
 
-/// `dst[out, len] = weight[out, patch] · rhs[patch, len]`, `rhs` rows `rhs_stride` apart, `dst`
-/// rows `out_pixels` apart.
+/// `to[out, len] = epilogue(weight[out, patch] · rhs[patch, len])`, `rhs` rows `rhs_stride`
+/// apart.
+///
+/// # Safety
+/// `rhs` holds `patch_len` rows of `len` values `rhs_stride` apart; `to` holds `out_channels`
+/// rows of `len` values `to.stride` apart.
+unsafe fn multiply(
+    g: ConvGeometry,
+    weights: &Weights<'_>,
+    rhs: *const f32,
+    rhs_stride: usize,
+    len: usize,
+    to: Destination<'_>,
+) {
+    match weights {
+        Weights::Packed(packed) => unsafe {
+            microkernel::multiply::<NativeLanes>(packed, rhs, rhs_stride, len, to);
+        },
+        Weights::Plain(weight) => {
+            unsafe { gemm_product(g, weight, rhs, rhs_stride, len, to.out) };
+            for c in 0..g.out_channels {
+                let row = c * to.stride;
+                // SAFETY: row `c`'s `len` values belong to this task (the caller's contract).
+                let values = unsafe { std::slice::from_raw_parts_mut(to.out.add(row), len) };
+                let residual = to
+                    .residual
+                    .map(|r| unsafe { std::slice::from_raw_parts(r.add(row), len) });
+                apply_epilogue(values, to.bias[c], residual, to.relu);
+            }
+        }
+    }
+}
+
+/// `dst[out, len] = weight[out, patch] · rhs[patch, len]` by the `gemm` crate, `rhs` rows
+/// `rhs_stride` apart, `dst` rows `out_pixels` apart.
 ///
 /// # Safety
 /// `rhs` holds `patch_len` rows of `len` values `rhs_stride` apart; `dst` holds `out_channels`
 /// rows of `len` values `out_pixels` apart.
-unsafe fn multiply(
+unsafe fn gemm_product(
     g: ConvGeometry,
     weight: &[f32],
     rhs: *const f32,

@@ -5,6 +5,7 @@
 //! backward pass, and other backends (wgpu) keep burn's operations.
 
 mod conv;
+mod microkernel;
 mod pool;
 #[cfg(test)]
 mod tests;
@@ -16,7 +17,7 @@ use burn::backend::{Backend, Dispatch, Flex, backend_extension, tensor::FloatTen
 use burn::tensor::{Tensor, TensorData};
 use burn_flex::FlexTensor;
 
-pub use conv::{ConvGeometry, Epilogue, conv2d};
+pub use conv::{ConvGeometry, Epilogue, Product, conv2d, conv2d_with};
 pub use pool::{max_pool_3x3_s2, pooled_size};
 pub use winograd::{WinogradGeometry, transform_filters};
 

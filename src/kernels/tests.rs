@@ -157,3 +157,42 @@ fn winograd_matches_burns_3x3_convolution() {
         );
     }
 }
+
+/// The register tiles (wasm's product, run here on plain arrays) against gemm's product (checked
+/// against burn above) on the same shapes, with every epilogue.
+#[test]
+fn tiled_product_matches_gemms_on_every_shape() {
+    use super::{ConvGeometry, Epilogue, Product, conv2d_with};
+    let mut rng = crate::rng::Rng::new(23);
+    let mut random = |n: usize| (0..n).map(|_| rng.normal()).collect::<Vec<f32>>();
+    for (batch, cin, cout, h, w, k, stride) in SHAPES {
+        let g = ConvGeometry {
+            batch,
+            in_channels: cin,
+            height: h,
+            width: w,
+            out_channels: cout,
+            kernel: k,
+            stride,
+            padding: k / 2,
+        };
+        let out_len = batch * cout * g.out_height() * g.out_width();
+        let (input, weight) = (random(batch * cin * h * w), random(cout * g.patch_len()));
+        let (bias, residual) = (random(cout), random(out_len));
+        for (residual, relu) in [(None, false), (None, true), (Some(&residual[..]), true)] {
+            let epilogue = Epilogue {
+                bias: &bias,
+                residual,
+                relu,
+            };
+            let gemm = conv2d_with(&input, g, &weight, epilogue, Product::Gemm);
+            let tiles = conv2d_with(&input, g, &weight, epilogue, Product::Tiles);
+            let scale = gemm.iter().fold(1f32, |m, v| m.max(v.abs()));
+            let diff = gemm
+                .iter()
+                .zip(&tiles)
+                .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+            assert!(diff / scale < TOLERANCE, "{g:?}: {diff}");
+        }
+    }
+}
