@@ -151,20 +151,20 @@ enum Weights<'a> {
 
 /// The output buffer, shared by tasks that write disjoint parts of it.
 #[derive(Clone, Copy)]
-struct SharedOut(*mut f32);
+pub(super) struct SharedOut(pub(super) *mut f32);
 // SAFETY: tasks write disjoint elements (see `conv2d`).
 unsafe impl Send for SharedOut {}
 unsafe impl Sync for SharedOut {}
 
 #[cfg(not(target_family = "wasm"))]
-fn for_each_task<T: Sync>(tasks: &[T], run: impl Fn(&T) + Sync + Send) {
+pub(super) fn for_each_task<T: Sync>(tasks: &[T], run: impl Fn(&T) + Sync + Send) {
     use rayon::prelude::*;
     tasks.par_iter().for_each(run);
 }
 
 /// One thread in wasm (threads there need cross-origin isolation and a nightly build-std).
 #[cfg(target_family = "wasm")]
-fn for_each_task<T: Sync>(tasks: &[T], run: impl Fn(&T) + Sync + Send) {
+pub(super) fn for_each_task<T: Sync>(tasks: &[T], run: impl Fn(&T) + Sync + Send) {
     tasks.iter().for_each(run);
 }
 

@@ -19,7 +19,7 @@ use burn_flex::FlexTensor;
 
 pub use conv::{ConvGeometry, Epilogue, Product, conv2d, conv2d_with};
 pub use pool::{max_pool_3x3_s2, pooled_size};
-pub use winograd::{WinogradGeometry, transform_filters};
+pub use winograd::{WinogradGeometry, conv3x3_with, transform_filters};
 
 /// The operations this project adds to burn's CPU backend.
 #[backend_extension(Flex)]

@@ -196,3 +196,59 @@ fn tiled_product_matches_gemms_on_every_shape() {
         }
     }
 }
+
+/// Winograd with each product against the direct convolution, on sizes that give several
+/// segments of tile rows, odd and one-pixel images, and every epilogue.
+#[test]
+fn winograd_segments_match_the_direct_convolution_with_both_products() {
+    use super::{
+        ConvGeometry, Epilogue, Product, WinogradGeometry, conv2d_with, conv3x3_with,
+        transform_filters,
+    };
+    let mut rng = crate::rng::Rng::new(29);
+    let mut random = |n: usize| (0..n).map(|_| rng.normal()).collect::<Vec<f32>>();
+    for (batch, cin, cout, h, w) in [
+        (1, 16, 16, 64, 64),
+        (2, 3, 5, 9, 7),
+        (1, 2, 6, 1, 1),
+        (1, 40, 9, 23, 30),
+    ] {
+        let g = WinogradGeometry {
+            batch,
+            in_channels: cin,
+            out_channels: cout,
+            height: h,
+            width: w,
+        };
+        let direct = ConvGeometry {
+            batch,
+            in_channels: cin,
+            height: h,
+            width: w,
+            out_channels: cout,
+            kernel: 3,
+            stride: 1,
+            padding: 1,
+        };
+        let (input, weight) = (random(batch * cin * h * w), random(cout * cin * 9));
+        let (bias, residual) = (random(cout), random(batch * cout * h * w));
+        let filters = transform_filters(&weight, cout, cin);
+        for (residual, relu) in [(None, false), (Some(&residual[..]), true)] {
+            let epilogue = Epilogue {
+                bias: &bias,
+                residual,
+                relu,
+            };
+            let reference = conv2d_with(&input, direct, &weight, epilogue, Product::Gemm);
+            let scale = reference.iter().fold(1f32, |m, v| m.max(v.abs()));
+            for product in [Product::Gemm, Product::Tiles] {
+                let ours = conv3x3_with(&input, g, &filters, epilogue, product);
+                let diff = reference
+                    .iter()
+                    .zip(&ours)
+                    .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+                assert!(diff / scale < TOLERANCE, "{g:?} {product:?}: {diff}");
+            }
+        }
+    }
+}

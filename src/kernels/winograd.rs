@@ -1,17 +1,20 @@
 //! Winograd F(2x2, 3x3) for the 3x3 stride-1 convolutions, which hold most of the network's
 //! multiply-adds: each 2x2 block of outputs costs 16 products per (input, output) channel pair
-//! instead of 36 (Lavin & Gray, 2015). Filters are transformed once, when the model is loaded;
-//! each input 4x4 tile is transformed, the 16 transformed planes are multiplied as 16 matrix
-//! products, and the output transform applies the same epilogue as the direct kernel.
+//! instead of 36 (Lavin & Gray, 2015). Filters are transformed once, when the model is loaded.
+//! The image is processed in segments of whole tile rows, sized so a segment's transformed
+//! input and products stay in L2: each 4x4 input tile is transformed, the 16 transformed planes
+//! are multiplied as 16 matrix products (the same product as the direct kernel: gemm natively,
+//! the register tiles in wasm), and the output transform applies the epilogue.
 //!
-//! Not the default: as written (scalar transforms, one 16-way scatter per tile) the transforms
-//! cost more than the products saved at this network's few channels, and it measured slower than
-//! the direct kernel (`trainer bench infer`). Kept, tested and measured by the benchmark as the
-//! starting point for vectorised transforms.
+//! Both transforms run along whole tile rows, on contiguous arrays of one value per tile (the
+//! input rows split into even and odd columns first), so the compiler vectorises them; the
+//! first version, one scalar tile at a time with a 16-way scatter, measured slower than the
+//! direct kernel.
 
 use gemm::Parallelism;
 
-use super::conv::Epilogue;
+use super::conv::{Epilogue, Product, SharedOut, for_each_task};
+use super::microkernel::{self, Destination, NativeLanes, PackedWeights};
 
 /// Number of transformed positions in a 4x4 tile.
 const POSITIONS: usize = 16;
@@ -61,9 +64,12 @@ impl WinogradGeometry {
         (self.height.div_ceil(2), self.width.div_ceil(2))
     }
 
-    fn tile_count(&self) -> usize {
-        let (th, tw) = self.tiles();
-        th * tw
+    /// Tile rows per segment: the segment's transformed input and products (`16 x (in + out)`
+    /// values per tile) fill about 256 KiB, inside a core's L2.
+    fn segment_rows(&self) -> usize {
+        const SEGMENT_BYTES: usize = 256 * 1024;
+        let per_tile = 4 * POSITIONS * (self.in_channels + self.out_channels).max(1);
+        (SEGMENT_BYTES / per_tile / self.tiles().1.max(1)).max(1)
     }
 }
 
@@ -74,176 +80,319 @@ pub fn conv3x3(
     filters: &[f32],
     epilogue: Epilogue<'_>,
 ) -> Vec<f32> {
+    conv3x3_with(input, g, filters, epilogue, Product::DEFAULT)
+}
+
+/// [`conv3x3`] with the product chosen by the caller (the tests run both).
+///
+/// # Panics
+/// When a slice's length does not match `g` (a programming error, not user input).
+pub fn conv3x3_with(
+    input: &[f32],
+    g: WinogradGeometry,
+    filters: &[f32],
+    epilogue: Epilogue<'_>,
+    product: Product,
+) -> Vec<f32> {
     let pixels = g.height * g.width;
     let out_len = g.batch * g.out_channels * pixels;
     assert_eq!(input.len(), g.batch * g.in_channels * pixels);
     assert_eq!(filters.len(), POSITIONS * g.out_channels * g.in_channels);
     epilogue.check(g.out_channels, out_len);
     let mut out = vec![0f32; out_len];
-    let image_in = g.in_channels * pixels;
-    let image_out = g.out_channels * pixels;
-    for b in 0..g.batch {
-        let transformed = transform_input(&input[b * image_in..][..image_in], g);
-        let products = multiply(&transformed, filters, g);
-        let residual = epilogue.residual.map(|r| &r[b * image_out..][..image_out]);
+    let weights = Filters::new(filters, g, product);
+    let (th, _) = g.tiles();
+    let rows = g.segment_rows();
+    let tasks: Vec<(usize, usize)> = (0..g.batch)
+        .flat_map(|b| (0..th).step_by(rows).map(move |t| (b, t)))
+        .collect();
+    let out_ptr = SharedOut(out.as_mut_ptr());
+    let run = |&(b, first): &(usize, usize)| {
+        let tile_rows = first..(first + rows).min(th);
+        // SAFETY: each task writes only the output rows of its own tile rows of image `b`.
+        unsafe { segment(input, g, &weights, epilogue, b, tile_rows, out_ptr) };
+    };
+    for_each_task(&tasks, run);
+    out
+}
+
+/// The 16 transformed filter matrices `[out, in]`, as the chosen product reads them.
+enum Filters<'a> {
+    Plain(&'a [f32]),
+    Packed(Vec<PackedWeights>),
+}
+
+impl<'a> Filters<'a> {
+    fn new(filters: &'a [f32], g: WinogradGeometry, product: Product) -> Self {
+        let plane = g.out_channels * g.in_channels;
+        match product {
+            Product::Gemm => Self::Plain(filters),
+            Product::Tiles => Self::Packed(
+                filters
+                    .chunks_exact(plane.max(1))
+                    .map(|f| PackedWeights::new(f, g.out_channels, g.in_channels))
+                    .collect(),
+            ),
+        }
+    }
+}
+
+std::thread_local! {
+    /// Each thread's transformed input `[16, in, tiles]` and products `[16, out, tiles]` for
+    /// one segment, reused across calls.
+    static SCRATCH: std::cell::RefCell<(Vec<f32>, Vec<f32>)> =
+        const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
+}
+
+/// Tile rows `tile_rows` of image `b`: input transform, 16 products, output transform.
+///
+/// # Safety
+/// `out` points to the whole `[batch, out, h, w]` output, and no other thread writes the output
+/// rows of these tile rows of image `b`.
+unsafe fn segment(
+    input: &[f32],
+    g: WinogradGeometry,
+    filters: &Filters<'_>,
+    epilogue: Epilogue<'_>,
+    b: usize,
+    tile_rows: std::ops::Range<usize>,
+    out: SharedOut,
+) {
+    let pixels = g.height * g.width;
+    let image = &input[b * g.in_channels * pixels..][..g.in_channels * pixels];
+    let tiles = tile_rows.len() * g.tiles().1;
+    SCRATCH.with_borrow_mut(|(transformed, products)| {
+        transformed.resize(POSITIONS * g.in_channels * tiles, 0.0);
+        products.resize(POSITIONS * g.out_channels * tiles, 0.0);
+        transform_input(image, g, tile_rows.clone(), transformed);
+        multiply(transformed, filters, g, tiles, products);
+        let first = b * g.out_channels * pixels;
+        // SAFETY: image `b`'s `[out, h, w]` block; the rows written are this task's (see above).
+        let image_out =
+            unsafe { std::slice::from_raw_parts_mut(out.0.add(first), g.out_channels * pixels) };
+        let residual = epilogue
+            .residual
+            .map(|r| &r[first..][..g.out_channels * pixels]);
         let epilogue = Epilogue {
             residual,
             ..epilogue
         };
-        transform_output(
-            &products,
-            g,
-            epilogue,
-            &mut out[b * image_out..][..image_out],
-        );
-    }
-    out
+        transform_output(products, g, tile_rows, epilogue, image_out);
+    });
 }
 
-/// One image `[in, h, w]` → `[16, in, tiles]`: `Bᵀ d B` for each 4x4 input tile `d` (tiles
-/// start every 2 pixels, one pixel before the output block: the padding).
-fn transform_input(image: &[f32], g: WinogradGeometry) -> Vec<f32> {
-    let tiles = g.tile_count();
+/// Tile rows `tile_rows` of one image `[in, h, w]` → `[16, in, tiles]`: `Bᵀ d B` for each 4x4
+/// input tile `d` (tiles start every 2 pixels, one pixel before their output block: the padding).
+fn transform_input(
+    image: &[f32],
+    g: WinogradGeometry,
+    tile_rows: std::ops::Range<usize>,
+    transformed: &mut [f32],
+) {
+    let tw = g.tiles().1;
+    let tiles = tile_rows.len() * tw;
     let plane = g.in_channels * tiles;
-    let mut transformed = vec![0f32; POSITIONS * plane];
-    let (th, tw) = g.tiles();
-    // The channel's plane with a zero border: one pixel before, enough after for the last tile.
-    let (ph, pw) = (2 * th + 2, 2 * tw + 2);
-    let mut padded = vec![0f32; ph * pw];
+    // One input row split into the even and odd columns of its zero-padded form: tile `t`
+    // reads padded columns 2t..2t+4, that is even[t], odd[t], even[t + 1], odd[t + 1].
+    let halves = || std::array::from_fn::<_, 4, _>(|_| [vec![0f32; tw + 1], vec![0f32; tw + 1]]);
+    let (mut split, mut column) = (halves(), halves());
     for (c, channel) in image.chunks_exact(g.height * g.width).enumerate() {
-        for (y, row) in channel.chunks_exact(g.width).enumerate() {
-            padded[(y + 1) * pw + 1..][..g.width].copy_from_slice(row);
-        }
-        for ty in 0..th {
-            for tx in 0..tw {
-                let d = |i: usize, j: usize| padded[(2 * ty + i) * pw + 2 * tx + j];
-                let v = input_tile(d);
-                let at = c * tiles + ty * tw + tx;
-                for (e, value) in v.into_iter().enumerate() {
-                    transformed[e * plane + at] = value;
+        for (r, ty) in tile_rows.clone().enumerate() {
+            for (i, [even, odd]) in split.iter_mut().enumerate() {
+                // Input row 2ty + i - 1: the first tile row starts in the padding.
+                let y = (2 * ty + i).checked_sub(1).filter(|&y| y < g.height);
+                split_row(y.map(|y| &channel[y * g.width..][..g.width]), even, odd);
+            }
+            // Bᵀ down the 4 rows (Bᵀ = [1 0 -1 0; 0 1 1 0; 0 -1 1 0; 0 1 0 -1]), even and odd
+            // columns alike.
+            for half in 0..2 {
+                let d = |i: usize| &split[i][half];
+                for (k, out) in column.iter_mut().enumerate() {
+                    let (a, b, sign) = match k {
+                        0 => (d(0), d(2), -1.0),
+                        1 => (d(1), d(2), 1.0),
+                        2 => (d(2), d(1), -1.0),
+                        _ => (d(1), d(3), -1.0),
+                    };
+                    out[half]
+                        .iter_mut()
+                        .zip(a.iter().zip(b))
+                        .for_each(|(o, (a, b))| *o = a + sign * b);
+                }
+            }
+            // Then B along the row, one output plane per position.
+            for (k, [even, odd]) in column.iter().enumerate() {
+                let at = c * tiles + r * tw;
+                let (e0, e1, o0, o1) = (&even[..tw], &even[1..], &odd[..tw], &odd[1..]);
+                let rows: [(&[f32], &[f32], f32); 4] = [
+                    (e0, e1, -1.0),
+                    (o0, e1, 1.0),
+                    (e1, o0, -1.0),
+                    (o0, o1, -1.0),
+                ];
+                for (j, (a, b, sign)) in rows.into_iter().enumerate() {
+                    let out = &mut transformed[(4 * k + j) * plane + at..][..tw];
+                    zip_into(out, a, b, |a, b| a + sign * b);
                 }
             }
         }
     }
-    transformed
 }
 
-/// `Bᵀ d B` with `Bᵀ = [1 0 -1 0; 0 1 1 0; 0 -1 1 0; 0 1 0 -1]`, row-major 4x4.
+/// `even[t]`, `odd[t]` = padded columns `2t`, `2t + 1` of `row` (column `x` of the image is
+/// padded column `x + 1`); zeros for a row outside the image.
+fn split_row(row: Option<&[f32]>, even: &mut [f32], odd: &mut [f32]) {
+    even.fill(0.0);
+    odd.fill(0.0);
+    let Some(row) = row else { return };
+    // Image columns 2i, 2i + 1 are padded columns 2i + 1, 2i + 2.
+    let pairs = row.chunks_exact(2);
+    if let [last] = pairs.remainder() {
+        odd[row.len() / 2] = *last;
+    }
+    for (i, pair) in pairs.enumerate() {
+        odd[i] = pair[0];
+        even[i + 1] = pair[1];
+    }
+}
+
 #[inline(always)]
-fn input_tile(d: impl Fn(usize, usize) -> f32) -> [f32; 16] {
-    let mut t = [[0f32; 4]; 4];
-    for (j, column) in (0..4)
-        .map(|j| [d(0, j), d(1, j), d(2, j), d(3, j)])
-        .enumerate()
-    {
-        t[0][j] = column[0] - column[2];
-        t[1][j] = column[1] + column[2];
-        t[2][j] = column[2] - column[1];
-        t[3][j] = column[1] - column[3];
-    }
-    let mut v = [0f32; 16];
-    for (r, row) in t.iter().enumerate() {
-        v[r * 4] = row[0] - row[2];
-        v[r * 4 + 1] = row[1] + row[2];
-        v[r * 4 + 2] = row[2] - row[1];
-        v[r * 4 + 3] = row[1] - row[3];
-    }
-    v
+fn zip_into(out: &mut [f32], a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32) {
+    out.iter_mut()
+        .zip(a.iter().zip(b))
+        .for_each(|(o, (&a, &b))| *o = f(a, b));
 }
 
 /// The 16 products `[out, in] x [in, tiles]` → `[16, out, tiles]`.
-fn multiply(transformed: &[f32], filters: &[f32], g: WinogradGeometry) -> Vec<f32> {
-    let (m, k, n) = (g.out_channels, g.in_channels, g.tile_count());
-    let mut products = vec![0f32; POSITIONS * m * n];
-    let run = |(e, dst): (usize, &mut [f32])| {
-        let (lhs, rhs) = (
-            &filters[e * m * k..][..m * k],
-            &transformed[e * k * n..][..k * n],
-        );
-        // SAFETY: `lhs` is `[m, k]`, `rhs` `[k, n]` and `dst` `[m, n]`, all row-major.
-        unsafe {
-            gemm::gemm(
-                m,
-                n,
-                k,
-                dst.as_mut_ptr(),
-                1,
-                n as isize,
-                false,
-                lhs.as_ptr(),
-                1,
-                k as isize,
-                rhs.as_ptr(),
-                1,
-                n as isize,
-                0.0,
-                1.0,
-                false,
-                false,
-                false,
-                Parallelism::None,
-            );
-        }
-    };
-    #[cfg(not(target_family = "wasm"))]
-    {
-        use rayon::prelude::*;
-        products
-            .par_chunks_exact_mut(m * n)
-            .enumerate()
-            .for_each(run);
-    }
-    #[cfg(target_family = "wasm")]
-    products.chunks_exact_mut(m * n).enumerate().for_each(run);
-    products
-}
-
-/// `[16, out, tiles]` → `[out, h, w]`: `Aᵀ m A` with `Aᵀ = [1 1 1 0; 0 1 -1 -1]` for each tile,
-/// then bias, residual and ReLU.
-fn transform_output(
-    products: &[f32],
+fn multiply(
+    transformed: &[f32],
+    filters: &Filters<'_>,
     g: WinogradGeometry,
-    epilogue: Epilogue<'_>,
-    out: &mut [f32],
+    tiles: usize,
+    products: &mut [f32],
 ) {
-    let (th, tw) = g.tiles();
-    let tiles = th * tw;
-    let plane = g.out_channels * tiles;
-    let (h, w) = (g.height, g.width);
-    for (c, channel) in out.chunks_exact_mut(h * w).enumerate() {
-        let bias = epilogue.bias[c];
-        for t in 0..tiles {
-            let m = |e: usize| products[e * plane + c * tiles + t];
-            let columns = [0, 1, 2, 3].map(|j| [m(j), m(4 + j), m(8 + j), m(12 + j)]);
-            let s = [
-                columns.map(|[m0, m1, m2, _]| m0 + m1 + m2),
-                columns.map(|[_, m1, m2, m3]| m1 - m2 - m3),
-            ];
-            let (ty, tx) = (t / tw, t % tw);
-            for (r, row) in s.iter().enumerate() {
-                let y = 2 * ty + r;
-                if y >= h {
-                    continue;
-                }
-                let pair = [row[0] + row[1] + row[2], row[1] - row[2] - row[3]];
-                for (dx, value) in pair.into_iter().enumerate() {
-                    let x = 2 * tx + dx;
-                    if x < w {
-                        channel[y * w + x] = value + bias;
-                    }
+    let (m, k, n) = (g.out_channels, g.in_channels, tiles);
+    let zeros = vec![0f32; m];
+    for (e, dst) in products.chunks_exact_mut(m * n).enumerate() {
+        let rhs = &transformed[e * k * n..][..k * n];
+        match filters {
+            Filters::Packed(packed) => {
+                let to = Destination {
+                    out: dst.as_mut_ptr(),
+                    residual: None,
+                    stride: n,
+                    bias: &zeros,
+                    relu: false,
+                };
+                // SAFETY: `rhs` is `[k, n]` and `dst` `[m, n]`, row-major.
+                unsafe { microkernel::multiply::<NativeLanes>(&packed[e], rhs.as_ptr(), n, n, to) };
+            }
+            Filters::Plain(filters) => {
+                let lhs = &filters[e * m * k..][..m * k];
+                // SAFETY: `lhs` is `[m, k]`, `rhs` `[k, n]` and `dst` `[m, n]`, all row-major.
+                unsafe {
+                    gemm::gemm(
+                        m,
+                        n,
+                        k,
+                        dst.as_mut_ptr(),
+                        1,
+                        n as isize,
+                        false,
+                        lhs.as_ptr(),
+                        1,
+                        k as isize,
+                        rhs.as_ptr(),
+                        1,
+                        n as isize,
+                        0.0,
+                        1.0,
+                        false,
+                        false,
+                        false,
+                        Parallelism::None,
+                    );
                 }
             }
         }
-        let residual = epilogue.residual.map(|r| &r[c * h * w..][..h * w]);
-        finish(channel, residual, epilogue.relu);
     }
 }
 
-fn finish(values: &mut [f32], residual: Option<&[f32]>, relu: bool) {
+/// `[16, out, tiles]` → output rows of `tile_rows` in `[out, h, w]`: `Aᵀ m A` with
+/// `Aᵀ = [1 1 1 0; 0 1 -1 -1]` for each tile, then bias, residual and ReLU.
+fn transform_output(
+    products: &[f32],
+    g: WinogradGeometry,
+    tile_rows: std::ops::Range<usize>,
+    epilogue: Epilogue<'_>,
+    out: &mut [f32],
+) {
+    let (h, w) = (g.height, g.width);
+    let tw = g.tiles().1;
+    let tiles = tile_rows.len() * tw;
+    let plane = g.out_channels * tiles;
+    // Aᵀ down the 4 rows of products: two rows of 4 values per tile.
+    let mut s: [[Vec<f32>; 4]; 2] =
+        std::array::from_fn(|_| std::array::from_fn(|_| vec![0f32; tw]));
+    let mut pair = [vec![0f32; tw], vec![0f32; tw]];
+    for c in 0..g.out_channels {
+        let bias = epilogue.bias[c];
+        for (r, ty) in tile_rows.clone().enumerate() {
+            let m = |e: usize| &products[e * plane + c * tiles + r * tw..][..tw];
+            for j in 0..4 {
+                let [s0, s1] = &mut s;
+                s0[j]
+                    .iter_mut()
+                    .zip(m(j).iter().zip(m(4 + j)).zip(m(8 + j)))
+                    .for_each(|(o, ((a, b), c))| *o = a + b + c);
+                s1[j]
+                    .iter_mut()
+                    .zip(m(4 + j).iter().zip(m(8 + j)).zip(m(12 + j)))
+                    .for_each(|(o, ((a, b), c))| *o = a - b - c);
+            }
+            for (dy, s) in s.iter().enumerate() {
+                let y = 2 * ty + dy;
+                if y >= h {
+                    continue;
+                }
+                // A along the row: the two outputs of each tile.
+                zip3_into(&mut pair[0], &s[0], &s[1], &s[2], |a, b, c| a + b + c);
+                zip3_into(&mut pair[1], &s[1], &s[2], &s[3], |a, b, c| a - b - c);
+                let row = c * h * w + y * w;
+                let residual = epilogue.residual.map(|res| &res[row..][..w]);
+                finish_row(&mut out[row..][..w], &pair, bias, residual, epilogue.relu);
+            }
+        }
+    }
+}
+
+#[inline(always)]
+fn zip3_into(out: &mut [f32], a: &[f32], b: &[f32], c: &[f32], f: impl Fn(f32, f32, f32) -> f32) {
+    out.iter_mut()
+        .zip(a.iter().zip(b).zip(c))
+        .for_each(|(o, ((&a, &b), &c))| *o = f(a, b, c));
+}
+
+/// One output row from its tiles' even and odd outputs, plus bias, residual and ReLU.
+fn finish_row(
+    row: &mut [f32],
+    pair: &[Vec<f32>; 2],
+    bias: f32,
+    residual: Option<&[f32]>,
+    relu: bool,
+) {
+    let mut outputs = row.chunks_exact_mut(2);
+    for ((out, &even), &odd) in (&mut outputs).zip(&pair[0]).zip(&pair[1]) {
+        out[0] = even + bias;
+        out[1] = odd + bias;
+    }
+    if let [last] = outputs.into_remainder() {
+        *last = pair[0][pair[0].len() - 1] + bias;
+    }
     if let Some(r) = residual {
-        values.iter_mut().zip(r).for_each(|(v, r)| *v += r);
+        row.iter_mut().zip(r).for_each(|(v, r)| *v += r);
     }
     if relu {
-        values.iter_mut().for_each(|v| *v = v.max(0.0));
+        row.iter_mut().for_each(|v| *v = v.max(0.0));
     }
 }

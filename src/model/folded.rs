@@ -11,6 +11,12 @@ use super::ResNet;
 use super::blocks::BasicBlock;
 use crate::kernels;
 
+/// The 3x3 stride-1 convolutions with at least this many input channels use Winograd F(2x2,
+/// 3x3) by default. Measured in wasm on the x0.25 network (one thread): Winograd takes 0.66-0.82
+/// of the direct kernel's time at 32 to 128 channels, and the same at 16, where its transforms
+/// cost as much as the products they save.
+pub const WINOGRAD_MIN_CHANNELS: Option<usize> = Some(32);
+
 /// A convolution with the BatchNorm after it folded in.
 #[derive(Debug, Clone)]
 struct FoldedConv {
@@ -27,14 +33,15 @@ impl FoldedConv {
     /// `bn(conv(x)) = conv(x) * s + (beta - mean * s)` with `s = gamma / sqrt(var + eps)` per
     /// output channel, so `s` goes into the weights. Every convolution here is square, without
     /// bias, with padding `k / 2`.
-    fn new(conv: &Conv2d, bn: &BatchNorm, winograd: bool) -> Self {
-        let [out, _, k, _] = conv.weight.dims();
+    fn new(conv: &Conv2d, bn: &BatchNorm, winograd: Option<usize>) -> Self {
+        let [out, input, k, _] = conv.weight.dims();
         let scale = bn.gamma.val() / (bn.running_var.value() + bn.epsilon).sqrt();
         let weight = conv.weight.val() * scale.clone().reshape([out, 1, 1, 1]);
         let bias = bn.beta.val() - bn.running_mean.value() * scale;
         let stride = conv.stride[0];
-        let winograd =
-            (winograd && k == 3 && stride == 1).then(|| kernels::winograd_filters(weight.clone()));
+        let winograd = winograd
+            .is_some_and(|min| k == 3 && stride == 1 && input >= min)
+            .then(|| kernels::winograd_filters(weight.clone()));
         Self {
             weight,
             bias,
@@ -76,7 +83,7 @@ struct FoldedBlock {
 }
 
 impl FoldedBlock {
-    fn new(block: &BasicBlock, winograd: bool) -> Self {
+    fn new(block: &BasicBlock, winograd: Option<usize>) -> Self {
         Self {
             conv1: FoldedConv::new(&block.conv1, &block.bn1, winograd),
             conv2: FoldedConv::new(&block.conv2, &block.bn2, winograd),
@@ -106,22 +113,26 @@ pub struct FoldedFeatures {
 }
 
 impl FoldedFeatures {
-    /// Fold `model`'s BatchNorms (their running statistics: inference mode). Every convolution
-    /// uses the direct fused kernel: Winograd F(2x2, 3x3), as written so far, measured slower
-    /// (`trainer bench infer`: 17.7–24.3 against 7.8–11.8 ms on one thread).
+    /// Fold `model`'s BatchNorms (their running statistics: inference mode), with Winograd where
+    /// [`WINOGRAD_MIN_CHANNELS`] says.
     pub fn new(model: &ResNet) -> Self {
-        Self::with_winograd(model, false)
+        Self::with_winograd(model, WINOGRAD_MIN_CHANNELS)
     }
 
-    /// [`Self::new`], choosing whether the 3x3 stride-1 convolutions use Winograd or the direct
-    /// kernel (benchmarks compare them).
-    pub fn with_winograd(model: &ResNet, winograd: bool) -> Self {
+    /// [`Self::new`], choosing which 3x3 stride-1 convolutions use Winograd: those with at least
+    /// `min_channels` input channels (`Some(0)`: all), none with `None` (benchmarks compare them).
+    pub fn with_winograd(model: &ResNet, min_channels: Option<usize>) -> Self {
         Self {
-            stem: FoldedConv::new(&model.conv1, &model.bn1, false),
+            stem: FoldedConv::new(&model.conv1, &model.bn1, None),
             blocks: model
                 .stages
                 .iter()
-                .flat_map(|stage| stage.blocks.iter().map(|b| FoldedBlock::new(b, winograd)))
+                .flat_map(|stage| {
+                    stage
+                        .blocks
+                        .iter()
+                        .map(|b| FoldedBlock::new(b, min_channels))
+                })
                 .collect(),
         }
     }
