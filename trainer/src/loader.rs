@@ -132,7 +132,7 @@ enum Source {
     /// A data folder: each file is read, decoded and preprocessed.
     Files(PathBuf),
     /// A preprocessed cache: each image is read from its slot.
-    Cache(Cache),
+    Cache(Box<Cache>),
     /// A cache that could not be opened: every image fails with this message.
     Broken(String),
 }
@@ -143,7 +143,7 @@ impl Source {
             return Self::Files(root);
         }
         match Cache::open(&root) {
-            Ok(cache) => Self::Cache(cache),
+            Ok(cache) => Self::Cache(Box::new(cache)),
             Err(e) => Self::Broken(e.to_string()),
         }
     }

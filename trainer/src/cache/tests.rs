@@ -204,11 +204,15 @@ fn an_interrupted_prepare_resumes_to_the_same_cache_and_refuses_other_settings()
         Err(CacheError::Incomplete { done: 64, .. })
     ));
     // A slot past the recorded progress holds garbage, as after a crash mid-write.
-    let data_file = fs::OpenOptions::new()
-        .write(true)
-        .open(resumed.join(DATA_FILE))
-        .unwrap();
-    std::os::unix::fs::FileExt::write_all_at(&data_file, &[0xAB; 500], 64 + 70 * 3200).unwrap();
+    {
+        use std::io::{Seek, SeekFrom, Write};
+        let mut file = fs::OpenOptions::new()
+            .write(true)
+            .open(resumed.join(DATA_FILE))
+            .unwrap();
+        file.seek(SeekFrom::Start(64 + 70 * 3200)).unwrap();
+        file.write_all(&[0xAB; 500]).unwrap();
+    }
     for (size, storage) in [(41, Storage::F16), (40, Storage::U8)] {
         let err = prepare(&big, &resumed, &settings(size, storage)).unwrap_err();
         assert!(
@@ -241,7 +245,7 @@ fn an_interrupted_prepare_resumes_to_the_same_cache_and_refuses_other_settings()
 }
 
 /// Apply `edit` to the index JSON of `cache` and return the error opening it gives.
-fn open_with_index(cache: &Path, edit: impl Fn(&mut serde_json::Value)) -> CacheError {
+fn open_with_index(cache: &Path, edit: fn(&mut serde_json::Value)) -> CacheError {
     let path = cache.join(INDEX_FILE);
     let original = fs::read(&path).unwrap();
     let mut value: serde_json::Value = serde_json::from_slice(&original).unwrap();
@@ -259,14 +263,22 @@ fn format_error(err: &CacheError) -> &FormatError {
     }
 }
 
-#[test]
-fn damaged_or_mismatched_cache_files_are_typed_errors() {
-    let data = data("damaged");
-    let out = temp("damaged-cache");
+/// A small finished u8 cache of the test data, in folders named after `name`.
+fn small_cache(name: &str) -> (PathBuf, PathBuf) {
+    let data = data(name);
+    let out = temp(&format!("{name}-cache"));
     prepare(&data, &out, &settings(16, Storage::U8)).unwrap();
+    (data, out)
+}
+
+/// Edits of a valid index, and what the error opening it must say.
+type IndexCase = (fn(&mut serde_json::Value), &'static str);
+
+#[test]
+fn a_damaged_or_mismatched_index_is_a_typed_error() {
+    let (data, out) = small_cache("damaged-index");
     let index_path = out.join(INDEX_FILE);
     let index_bytes = fs::read(&index_path).unwrap();
-    // The index: cut short, not JSON, another version, broken progress, a twice-listed file.
     fs::write(&index_path, &index_bytes[..index_bytes.len() / 2]).unwrap();
     let err = Cache::open(&out).unwrap_err();
     assert!(matches!(format_error(&err), FormatError::Json(_)), "{err}");
@@ -275,27 +287,21 @@ fn damaged_or_mismatched_cache_files_are_typed_errors() {
         "names the file: {err}"
     );
     fs::write(&index_path, &index_bytes).unwrap();
-    let cases: Vec<(Box<dyn Fn(&mut serde_json::Value)>, &str)> = vec![
-        (Box::new(|v| v["version"] = 2.into()), "version 2"),
+    let cases: [IndexCase; 8] = [
+        (|v| v["version"] = 2.into(), "version 2"),
+        (|v| v["format"] = "zip".into(), "not a preprocessed cache"),
+        (|v| v["input_size"] = 100_000.into(), "outside"),
+        (|v| v["id"] = "xyz".into(), "hexadecimal"),
         (
-            Box::new(|v| v["format"] = "zip".into()),
-            "not a preprocessed cache",
-        ),
-        (Box::new(|v| v["input_size"] = 100_000.into()), "outside"),
-        (Box::new(|v| v["id"] = "xyz".into()), "hexadecimal"),
-        (
-            Box::new(|v| v["done"] = serde_json::json!([[0, 3], [2, 5]])),
+            |v| v["done"] = serde_json::json!([[0, 3], [2, 5]]),
             "overlaps",
         ),
+        (|v| v["done"] = serde_json::json!([[0, 3]]), "only 3 of"),
         (
-            Box::new(|v| v["done"] = serde_json::json!([[0, 3]])),
-            "only 3 of",
-        ),
-        (
-            Box::new(|v| v["items"][1]["file"] = v["items"][0]["file"].clone()),
+            |v| v["items"][1]["file"] = v["items"][0]["file"].clone(),
             "listed twice",
         ),
-        (Box::new(|v| v["items"][0]["label"] = 7.into()), "label"),
+        (|v| v["items"][0]["label"] = 7.into(), "label"),
     ];
     for (edit, expected) in cases {
         let err = open_with_index(&out, edit);
@@ -306,7 +312,17 @@ fn damaged_or_mismatched_cache_files_are_typed_errors() {
     assert!(matches!(err, CacheError::Preprocessing { .. }), "{err}");
     let err = open_with_index(&out, |v| v["complete"] = false.into());
     assert!(matches!(err, CacheError::Incomplete { .. }), "{err}");
-    // The data file: cut short, another cache's, no magic, missing.
+    // discover passes the error on.
+    fs::write(&index_path, b"{").unwrap();
+    let err = crate::data::discover(&out).unwrap_err();
+    assert!(err.to_string().contains(INDEX_FILE), "{err}");
+    fs::remove_dir_all(&out).unwrap();
+    fs::remove_dir_all(&data).unwrap();
+}
+
+#[test]
+fn a_damaged_or_mismatched_data_file_is_a_typed_error() {
+    let (data, out) = small_cache("damaged-data");
     let data_path = out.join(DATA_FILE);
     let pixels = fs::read(&data_path).unwrap();
     fs::write(&data_path, &pixels[..pixels.len() - 1]).unwrap();
@@ -315,12 +331,8 @@ fn damaged_or_mismatched_cache_files_are_typed_errors() {
     let mut other = pixels.clone();
     other[40] ^= 1;
     fs::write(&data_path, &other).unwrap();
-    assert!(
-        Cache::open(&out)
-            .unwrap_err()
-            .to_string()
-            .contains("its id")
-    );
+    let err = Cache::open(&out).unwrap_err();
+    assert!(err.to_string().contains("its id"), "{err}");
     other[0] = b'X';
     fs::write(&data_path, &other).unwrap();
     let err = Cache::open(&out).unwrap_err();
@@ -330,6 +342,9 @@ fn damaged_or_mismatched_cache_files_are_typed_errors() {
     );
     fs::remove_file(&data_path).unwrap();
     assert!(matches!(Cache::open(&out), Err(CacheError::Io { .. })));
+    // discover and the loader pass the error on; nothing panics.
+    let err = crate::data::discover(&out).unwrap_err();
+    assert!(err.to_string().contains(DATA_FILE), "{err}");
     let failures: crate::loader::Failures = Default::default();
     let items = vec![crate::data::Item {
         file: "effusion/0-effusion10.png".into(),
@@ -342,24 +357,15 @@ fn damaged_or_mismatched_cache_files_are_typed_errors() {
         prefetch: 1,
         size: 16,
     };
-    assert_eq!(
-        Loader::start(out.clone(), items, &cfg, None, 1, failures.clone()).count(),
-        0
-    );
+    let loaded = Loader::start(out.clone(), items, &cfg, None, 1, failures.clone()).count();
+    assert_eq!(loaded, 0);
     assert!(failures.lock().unwrap()[0].1.contains(DATA_FILE));
-    // discover and the loader pass the error on; nothing panics.
-    let err = crate::data::discover(&out).unwrap_err();
-    assert!(err.to_string().contains(DATA_FILE), "{err}");
     fs::write(&data_path, &pixels).unwrap();
     let cache = Cache::open(&out).unwrap();
-    assert!(matches!(
-        cache.read("nope.png", 16),
-        Err(CacheError::NotCached { .. })
-    ));
-    assert!(matches!(
-        cache.read("effusion/0-effusion10.png", 17),
-        Err(CacheError::InputSize { .. })
-    ));
+    let missing = cache.read("nope.png", 16);
+    assert!(matches!(missing, Err(CacheError::NotCached { .. })));
+    let other_size = cache.read("effusion/0-effusion10.png", 17);
+    assert!(matches!(other_size, Err(CacheError::InputSize { .. })));
     fs::remove_dir_all(&out).unwrap();
     fs::remove_dir_all(&data).unwrap();
 }
