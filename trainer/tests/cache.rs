@@ -1,12 +1,13 @@
 //! `trainer prepare` and the commands that take its cache as --data: an f32 cache gives the very
 //! run the raw folder gives (same split, same metrics with augmentation on the fly, same
 //! evaluation and cross-validation scores); a cache at another input size, or where raw images
-//! are needed, is refused up front.
+//! are needed, is refused up front. A prepare killed half-way resumes to the same cache.
 
 mod common;
 
-use std::path::Path;
-use std::process::Output;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
 use common::{dataset, temp, tiny_run_args, trainer};
 
@@ -125,4 +126,88 @@ fn train_evaluate_and_cv_on_an_f32_cache_match_the_raw_folder() {
     let groups = temp("cache-groups").join("groups.json");
     let out = trainer(&["groups", "--data", c, "--out", groups.to_str().unwrap()]);
     failed_with(&out, "reads the raw images");
+    for dir in [data, cache, raw_run, cache_run] {
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}
+
+/// `dataset(name)` with each image hard-linked `copies` times (several chunks of 64 slots).
+fn many(name: &str, copies: usize) -> PathBuf {
+    let data = dataset(name);
+    for class in ["effusion", "nofinding"] {
+        let dir = data.join(class);
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            let file = path.file_name().unwrap().to_string_lossy().into_owned();
+            for k in 1..copies {
+                std::fs::hard_link(&path, dir.join(format!("copy{k}-{file}"))).unwrap();
+            }
+        }
+    }
+    data
+}
+
+fn index(cache: &Path) -> Option<serde_json::Value> {
+    let text = std::fs::read_to_string(cache.join("cache.json")).ok()?;
+    Some(serde_json::from_str(&text).expect("cache.json is always complete JSON"))
+}
+
+#[test]
+fn prepare_killed_half_way_resumes_to_the_same_cache() {
+    let data = many("cache-kill-data", 13);
+    let (killed, whole) = (temp("cache-killed"), temp("cache-whole"));
+    let args = |out: &Path| {
+        let (d, o) = (data.to_str().unwrap(), out.to_str().unwrap());
+        [
+            "prepare",
+            "--data",
+            d,
+            "--out",
+            o,
+            "--input-size",
+            "32",
+            "--storage",
+            "f16",
+            "--quiet",
+        ]
+        .map(String::from)
+        .to_vec()
+    };
+    let mut child = Command::new(env!("CARGO_BIN_EXE_trainer"))
+        .args(args(&killed))
+        .args(["--workers", "1", "--checkpoint-ms", "0"])
+        .env("CXR_TEST_SLOW_PREPARE_MS", "10")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start trainer");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let recorded = |i: serde_json::Value| i["done"].as_array().is_some_and(|d| !d.is_empty());
+    while !index(&killed).is_some_and(recorded) {
+        assert!(Instant::now() < deadline, "no progress recorded");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    child.kill().unwrap(); // SIGKILL: no chance to record anything more.
+    child.wait().unwrap();
+    let after_kill = index(&killed).unwrap();
+    assert_eq!(
+        after_kill["complete"], false,
+        "killed too late to test a resume"
+    );
+    let mut train = vec!["train".to_string()];
+    train.extend(tiny_run_args(&killed, &temp("cache-killed-run")));
+    let size = train.iter().position(|a| a == "--input-size").unwrap() + 1;
+    train[size] = "32".into();
+    failed_with(&run(&train), "is unfinished");
+
+    succeeded(&run(&args(&killed)));
+    succeeded(&run(&args(&whole)));
+    let (a, b) = (index(&killed).unwrap(), index(&whole).unwrap());
+    assert_eq!((&a["items"], &a["done"]), (&b["items"], &b["done"]));
+    assert_eq!(a["items"].as_array().unwrap().len(), 156);
+    let pixels = |dir: &Path| std::fs::read(dir.join("pixels.bin")).unwrap()[64..].to_vec();
+    assert!(pixels(&killed) == pixels(&whole), "resumed pixels differ");
+    for dir in [data, killed, whole] {
+        std::fs::remove_dir_all(dir).unwrap();
+    }
 }

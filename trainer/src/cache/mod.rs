@@ -14,6 +14,7 @@
 //! repeated epochs either way.
 
 pub mod bench;
+mod disk;
 mod format;
 mod prepare;
 mod slots;

@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use clap::Args;
 
+use super::disk::{check_space, reserve, write_at};
 use super::format::{self, Entry, Index, Skipped, Storage};
 use super::{CacheError, DATA_FILE, HEADER_LEN, INDEX_FILE, is_cache, read_index, slots};
 use crate::data::{self, Dataset, Item};
@@ -50,7 +51,14 @@ pub struct PrepareArgs {
     /// No progress bar.
     #[arg(long)]
     pub quiet: bool,
+    /// Least milliseconds between two recordings of progress (tests shorten it).
+    #[arg(long, default_value_t = 5000, hide = true)]
+    pub checkpoint_ms: u64,
 }
+
+/// Test hook: with `CXR_TEST_SLOW_PREPARE_MS` set, each worker pauses that long after each
+/// image, so the crash test can kill `prepare` half-way.
+const SLOW_ENV: &str = "CXR_TEST_SLOW_PREPARE_MS";
 
 impl PrepareArgs {
     pub fn run(self) -> Result<()> {
@@ -61,8 +69,12 @@ impl PrepareArgs {
                 .workers
                 .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get())),
             quiet: self.quiet,
-            checkpoint_every: Duration::from_secs(5),
+            checkpoint_every: Duration::from_millis(self.checkpoint_ms),
             stop_after: None,
+            pause: std::env::var(SLOW_ENV)
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .map_or(Duration::ZERO, Duration::from_millis),
         };
         println!("{}", prepare(&self.data, &self.out, &settings)?);
         Ok(())
@@ -80,6 +92,8 @@ pub(super) struct Settings {
     pub checkpoint_every: Duration,
     /// Test hook: stop as a crash would (no final recording) after this many chunks.
     pub stop_after: Option<usize>,
+    /// Test hook: a pause after each image.
+    pub pause: Duration,
 }
 
 /// Make or finish the cache of `data` in `out`. Returns a summary line.
@@ -277,42 +291,6 @@ pub(super) fn write_index(out: &Path, index: &Index) -> Result<()> {
     crate::run_dir::write_atomic(&out.join(INDEX_FILE), &bytes)
 }
 
-/// The problem, if any, of `available` bytes for `needed`.
-pub(super) fn space_problem(
-    out: &Path,
-    available: u64,
-    needed: u64,
-    index: &Index,
-) -> Option<String> {
-    (available < needed).then(|| {
-        format!(
-            "the disk of {} has {:.2} GB free; this cache needs {:.2} GB ({} images of {}x{} {}). \
-             Free some space, choose another --out, or store less per value (--storage f16: half, \
-             u8: a quarter)",
-            out.display(),
-            available as f64 / 1e9,
-            needed as f64 / 1e9,
-            index.items.len(),
-            index.input_size,
-            index.input_size,
-            index.storage
-        )
-    })
-}
-
-/// Refuse up front when the data file (unless `existing` already holds it) and two copies of the
-/// index do not fit on the disk.
-fn check_space(out: &Path, index: &Index, existing: Option<u64>) -> Result<(), CacheError> {
-    let index_bytes = 2 * (200 + index.items.len() as u64 * 160);
-    let needed = index.data_len().saturating_sub(existing.unwrap_or(0)) + index_bytes;
-    match crate::run_dir::available_space(out)
-        .and_then(|free| space_problem(out, free, needed, index))
-    {
-        Some(problem) => Err(CacheError::Refused(problem)),
-        None => Ok(()),
-    }
-}
-
 /// The data file: checked against the index once slots are recorded in it; else (new, or a
 /// crash before the first recording) created afresh with its header and reserved in full.
 fn open_data_for_writing(out: &Path, index: &Index) -> Result<File> {
@@ -331,43 +309,6 @@ fn open_data_for_writing(out: &Path, index: &Index) -> Result<File> {
     write_at(&file, &index.header().encode(), 0).map_err(io)?;
     file.sync_all().map_err(io)?;
     Ok(file)
-}
-
-/// Allocate `len` bytes for `file` now, so a full disk fails here, not half-way.
-#[cfg(target_os = "linux")]
-fn reserve(file: &File, len: u64) -> std::io::Result<()> {
-    use std::os::fd::AsRawFd;
-    // SAFETY: `file` is an open, writable file descriptor; fallocate only changes its allocation.
-    let rc = unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, len as libc::off_t) };
-    if rc == 0 {
-        return Ok(());
-    }
-    let err = std::io::Error::last_os_error();
-    match err.raw_os_error() {
-        // File systems without fallocate: a sparse file (the free-space check stays).
-        Some(libc::EOPNOTSUPP) => file.set_len(len),
-        _ => Err(err),
-    }
-}
-
-#[cfg(not(target_os = "linux"))]
-fn reserve(file: &File, len: u64) -> std::io::Result<()> {
-    file.set_len(len)
-}
-
-#[cfg(unix)]
-fn write_at(file: &File, buf: &[u8], offset: u64) -> std::io::Result<()> {
-    std::os::unix::fs::FileExt::write_all_at(file, buf, offset)
-}
-
-#[cfg(windows)]
-fn write_at(file: &File, mut buf: &[u8], mut offset: u64) -> std::io::Result<()> {
-    while !buf.is_empty() {
-        let n = std::os::windows::fs::FileExt::seek_write(file, buf, offset)?;
-        buf = &buf[n..];
-        offset += n as u64;
-    }
-    Ok(())
 }
 
 /// What the workers share.
@@ -389,7 +330,7 @@ fn fill(work: &Work, index: &mut Index, s: &Settings) -> Result<()> {
     let (tx, rx) = mpsc::channel::<ChunkDone>();
     let pb = crate::validation::bar(index.items.len(), "preparing".into(), s.quiet);
     pb.set_position(index.done_count());
-    let params = (s.input_size, s.storage);
+    let params = (s.input_size, s.storage, s.pause);
     let result = std::thread::scope(|scope| {
         for _ in 0..s.workers.max(1) {
             let tx = tx.clone();
@@ -453,7 +394,7 @@ fn checkpoint(work: &Work, index: &mut Index, finished: &mut Vec<[u64; 2]>) -> R
 /// Take chunks until none is left (or the main thread stops): preprocess, store, report.
 fn worker(
     work: &Work,
-    (size, storage): (usize, Storage),
+    (size, storage, pause): (usize, Storage, Duration),
     next: &AtomicUsize,
     stop: &AtomicBool,
     tx: &mpsc::Sender<ChunkDone>,
@@ -473,6 +414,7 @@ fn worker(
                     bytes.fill(0);
                 }
             }
+            std::thread::sleep(pause);
             let offset = HEADER_LEN as u64 + slot as u64 * slot_bytes as u64;
             if let Err(e) = write_at(work.file, &bytes, offset) {
                 let path = work.out.join(DATA_FILE);

@@ -5,8 +5,9 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use super::disk::space_problem;
 use super::format::{self, FormatError, Storage};
-use super::prepare::{Settings, prepare, space_problem};
+use super::prepare::{Settings, prepare};
 use super::*;
 use crate::augment::AugmentConfig;
 use crate::loader::{Loader, LoaderConfig, preprocess_file};
@@ -56,6 +57,7 @@ fn settings(size: usize, storage: Storage) -> Settings {
         quiet: true,
         checkpoint_every: Duration::from_secs(5),
         stop_after: None,
+        pause: Duration::ZERO,
     }
 }
 
