@@ -80,7 +80,9 @@ fn cv(data: &Path, out: &Path) -> String {
         .map(String::from),
     );
     succeeded(&run(&args));
-    std::fs::read_to_string(out.join("oof.csv")).unwrap()
+    let oof = std::fs::read_to_string(out.join("oof.csv")).unwrap();
+    std::fs::remove_dir_all(out).unwrap();
+    oof
 }
 
 #[test]
