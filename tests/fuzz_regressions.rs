@@ -84,6 +84,17 @@ fn labels_csv_regressions() {
 }
 
 #[test]
+fn cache_index_regressions() {
+    let replayed = replay("cache_index", pipeline::cache_index);
+    eprintln!("replayed {replayed} cache index inputs");
+    // Guards the harness: the valid seed parses, so the checks after parsing run.
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/regressions/cache_index");
+    let valid = std::fs::read(dir.join("valid-two-items.json")).unwrap();
+    let index = pipeline::cache_format::parse_index(&valid).unwrap();
+    assert_eq!((index.items.len(), index.done_count()), (2, 2));
+}
+
+#[test]
 fn the_pipeline_check_runs_a_real_image_to_the_end() {
     // Guards the harness itself: a valid X-ray goes through every step without a finding.
     let bytes =

@@ -11,6 +11,11 @@ use cxr::decode::{DecodeLimits, decode_with_limits};
 use cxr::model::{ResNet, ResNetConfig};
 use cxr::preprocess::{preprocess_luma, preview};
 
+/// The preprocessed cache's format (`trainer prepare`): compiled here on its own, as it needs
+/// only serde, serde_json and thiserror.
+#[path = "../../trainer/src/cache/format.rs"]
+pub mod cache_format;
+
 /// Model input side for the fuzzed pipeline (small, so each execution is quick).
 const SIZE: usize = 32;
 
@@ -97,4 +102,32 @@ pub fn labels_csv(bytes: &[u8]) {
     );
     let positives = set.items.iter().filter(|i| i.label == 1).count();
     assert_eq!(set.positives, positives);
+}
+
+/// Raw bytes → the preprocessed cache's index parser (`cache.json`) and data-file header parser
+/// (`pixels.bin`): a typed error or an index that keeps its rules, never a panic. A parsed index
+/// accepts exactly its own data file: its header round-trips, and any other length is refused.
+pub fn cache_index(bytes: &[u8]) {
+    let _ = cache_format::Header::parse(bytes);
+    let Ok(index) = cache_format::parse_index(bytes) else {
+        return;
+    };
+    let count = index.items.len() as u64;
+    assert!(index.done_count() <= count, "more slots done than items");
+    assert!(index.items.iter().all(|i| i.label <= 1));
+    let header = index.header();
+    assert_eq!(cache_format::Header::parse(&header.encode()), Ok(header));
+    let len = index.data_len();
+    assert_eq!(index.check_data(&header, len), Ok(()));
+    assert!(index.check_data(&header, len + 1).is_err());
+    assert!(index.check_data(&header, len - 1).is_err());
+    let other = cache_format::Header {
+        id: header.id ^ 1,
+        ..header
+    };
+    assert!(index.check_data(&other, len).is_err());
+    for &[a, b] in &index.done {
+        assert!(a < b && b <= count);
+        assert!(cache_format::is_done(&index.done, [a, b]));
+    }
 }

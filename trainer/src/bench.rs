@@ -75,6 +75,8 @@ pub enum BenchCommand {
         #[arg(long)]
         f16_out: Option<PathBuf>,
     },
+    /// Loader throughput (images/s) from a data folder or a preprocessed cache, and peak memory.
+    Loader(crate::cache::bench::LoaderBench),
     /// Write the weights (safetensors, torchvision names), one preprocessed input and our logits
     /// for it, for a PyTorch reference of the same network.
     Interop {
@@ -137,6 +139,7 @@ impl BenchCommand {
                 let classifier = load_classifier(weights.as_deref(), &Device::flex())?;
                 interop(&classifier, &image, &out)?
             }
+            Self::Loader(args) => args.run()?,
         };
         println!("{report}");
         Ok(())

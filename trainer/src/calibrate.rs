@@ -115,6 +115,7 @@ fn score_validation_files(weights: &[u8], info: &ModelInfo, data: &Path) -> Resu
         bail!("the model card records no validation files: give held-out scores with --scores");
     }
     let dataset = data::discover(data)?;
+    crate::cache::check_input_size(data, info.input_size)?;
     let items: Vec<_> = dataset
         .items
         .iter()

@@ -15,7 +15,8 @@ use crate::train::train;
 /// `trainer compare`.
 #[derive(Args, Debug)]
 pub struct CompareArgs {
-    /// Data folder: effusion/ + nofinding/, or NIH Data_Entry_2017.csv with its images.
+    /// Data folder: effusion/ + nofinding/, NIH Data_Entry_2017.csv with its images, or a
+    /// preprocessed cache (`trainer prepare`).
     #[arg(long)]
     pub data: PathBuf,
     #[command(flatten)]

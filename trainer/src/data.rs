@@ -36,6 +36,8 @@ pub enum DataError {
     Csv { line: usize, reason: String },
     #[error("too few images to split: {0}")]
     TooFew(String),
+    #[error(transparent)]
+    Cache(#[from] crate::cache::CacheError),
 }
 
 /// One labelled image.
@@ -66,11 +68,14 @@ impl Dataset {
     }
 }
 
-/// Find every labelled image under `dir`. Files whose header cannot be read are skipped and
-/// listed; a missing layout or an empty class is an error.
+/// Find every labelled image under `dir` (or in the preprocessed cache `dir`). Files whose
+/// header cannot be read are skipped and listed; a missing layout or an empty class is an error.
 pub fn discover(dir: &Path) -> Result<Dataset, DataError> {
     if !dir.is_dir() {
         return Err(DataError::NoFolder(dir.to_path_buf()));
+    }
+    if crate::cache::is_cache(dir) {
+        return both_classes(crate::cache::discover(dir)?);
     }
     let csv = dir.join(NIH_CSV);
     let (candidates, layout) = if csv.is_file() {
@@ -109,12 +114,15 @@ pub fn discover(dir: &Path) -> Result<Dataset, DataError> {
             Err(reason) => skipped.push((item.file, reason.to_string())),
         }
     }
-    let data = Dataset {
+    both_classes(Dataset {
         root: dir.to_path_buf(),
         items,
         skipped,
         layout,
-    };
+    })
+}
+
+fn both_classes(data: Dataset) -> Result<Dataset, DataError> {
     if data.count(1) == 0 {
         return Err(DataError::EmptyClass(POSITIVE_DIR));
     }

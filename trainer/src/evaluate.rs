@@ -17,7 +17,7 @@ use crate::validation::{load_classifier, predict_all};
 /// `trainer evaluate`.
 #[derive(Args, Debug)]
 pub struct EvaluateArgs {
-    /// Data folder (effusion/ + nofinding/, or NIH layout).
+    /// Data folder (effusion/ + nofinding/, or NIH layout), or a preprocessed cache.
     #[arg(long)]
     pub data: PathBuf,
     /// A .cxrw weight file; without it, the model embedded in the app.
@@ -76,6 +76,7 @@ impl EvaluateArgs {
         let (device, _) = device::select(self.backend)?;
         let classifier = load_classifier(self.weights.as_deref(), &device)?;
         let data = data::discover(&self.data)?;
+        crate::cache::check_input_size(&self.data, classifier.info().input_size)?;
         let (items, why) = select(&data.items, &classifier, self.run.as_deref(), self.all)?;
         if items.is_empty() {
             bail!("no images to evaluate");

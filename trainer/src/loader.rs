@@ -1,9 +1,11 @@
 //! A streaming batch loader: worker threads decode, preprocess and augment images while the model
 //! trains. Memory is bounded by `workers x (prefetch + 1)` batches, whatever the data set's size;
-//! batches come out in a fixed order, so a run is reproducible.
+//! batches come out in a fixed order, so a run is reproducible. The images come from a data
+//! folder (decoded and preprocessed here) or from a preprocessed cache (`trainer prepare`:
+//! read from its slots), whichever `root` is ([`Source`]).
 
 use anyhow::anyhow;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::mpsc::{Receiver, sync_channel};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -11,6 +13,7 @@ use std::thread::JoinHandle;
 use cxr::preprocess::preprocess;
 
 use crate::augment::{AugmentConfig, augment};
+use crate::cache::{self, Cache};
 use crate::data::Item;
 use crate::rng::Rng;
 
@@ -68,7 +71,7 @@ impl Loader {
         let batches = items.len().div_ceil(batch_size);
         let workers = cfg.workers.clamp(1, batches.max(1));
         let items = Arc::new(items);
-        let root = Arc::new(root);
+        let root = Arc::new(Source::open(root));
         let augmentation = Arc::new(augmentation);
         let mut receivers = Vec::with_capacity(workers);
         let mut handles = Vec::with_capacity(workers);
@@ -92,7 +95,7 @@ impl Loader {
                     };
                     let end = ((b + 1) * batch_size).min(items.len());
                     for (i, item) in items[b * batch_size..end].iter().enumerate() {
-                        match load(&root, item, size) {
+                        match root.load(item, size) {
                             Ok(mut pixels) => {
                                 if let Some(cfg) = augmentation.as_ref() {
                                     let mut rng = base.fork((b * batch_size + i) as u64);
@@ -124,7 +127,39 @@ impl Loader {
     }
 }
 
-fn load(root: &std::path::Path, item: &Item, size: usize) -> anyhow::Result<Vec<f32>> {
+/// Where the images come from.
+enum Source {
+    /// A data folder: each file is read, decoded and preprocessed.
+    Files(PathBuf),
+    /// A preprocessed cache: each image is read from its slot.
+    Cache(Box<Cache>),
+    /// A cache that could not be opened: every image fails with this message.
+    Broken(String),
+}
+
+impl Source {
+    fn open(root: PathBuf) -> Self {
+        if !cache::is_cache(&root) {
+            return Self::Files(root);
+        }
+        match Cache::open(&root) {
+            Ok(cache) => Self::Cache(Box::new(cache)),
+            Err(e) => Self::Broken(e.to_string()),
+        }
+    }
+
+    fn load(&self, item: &Item, size: usize) -> anyhow::Result<Vec<f32>> {
+        match self {
+            Self::Files(root) => preprocess_file(root, item, size),
+            Self::Cache(cache) => cache.read(&item.file, size).map_err(|e| anyhow!("{e}")),
+            Self::Broken(message) => Err(anyhow!("{message}")),
+        }
+    }
+}
+
+/// The direct path: read `item`'s file under `root` and preprocess it (`trainer prepare` fills
+/// a cache with this same function).
+pub fn preprocess_file(root: &Path, item: &Item, size: usize) -> anyhow::Result<Vec<f32>> {
     let bytes = std::fs::read(root.join(&item.file)).map_err(|e| anyhow!("{e}"))?;
     preprocess(&bytes, size)
         .map(|p| p.pixels)

@@ -5,6 +5,7 @@
 
 mod augment;
 mod bench;
+mod cache;
 mod calibrate;
 mod compare;
 mod cv;
@@ -49,6 +50,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Preprocess a data folder once (decode, min-max, resize) into a cache folder that train,
+    /// evaluate, cv and calibrate take as --data.
+    Prepare(cache::PrepareArgs),
     /// Train a model on a data folder; writes checkpoints, metrics, report.json and curves to
     /// the run folder.
     Train(train::TrainArgs),
@@ -78,6 +82,7 @@ enum Command {
 
 fn run() -> anyhow::Result<ExitCode> {
     match Cli::parse().command {
+        Command::Prepare(args) => args.run()?,
         Command::Train(args) => args.run()?,
         Command::Compare(args) => args.run()?,
         Command::Cv(args) => args.run()?,

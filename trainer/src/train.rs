@@ -29,7 +29,8 @@ use cxr::classifier::batch_input;
 /// `trainer train`.
 #[derive(Args, Debug, Clone)]
 pub struct TrainArgs {
-    /// Data folder: effusion/ + nofinding/, or NIH Data_Entry_2017.csv with its images.
+    /// Data folder: effusion/ + nofinding/, NIH Data_Entry_2017.csv with its images, or a
+    /// preprocessed cache (`trainer prepare`).
     #[arg(long, required_unless_present = "resume")]
     pub data: Option<PathBuf>,
     #[command(flatten)]
@@ -212,6 +213,7 @@ fn open_run(opts: &TrainOptions, out: &Path, resume: bool) -> Result<(RunDir, Tr
 /// loss needs.
 fn plan(opts: &TrainOptions, run: &RunDir, quiet: bool) -> Result<Plan> {
     let data = data::discover(&opts.data)?;
+    crate::cache::check_input_size(&opts.data, opts.input_size)?;
     if !quiet {
         eprintln!(
             "data: {} ({}): {} effusion, {} no finding; {} unreadable file(s) skipped",

@@ -36,7 +36,8 @@ use plan::{CvPlan, check_disjoint};
 pub struct CvArgs {
     #[command(subcommand)]
     pub command: Option<CvCommand>,
-    /// Data folder: effusion/ + nofinding/, or NIH Data_Entry_2017.csv with its images.
+    /// Data folder: effusion/ + nofinding/, NIH Data_Entry_2017.csv with its images, or a
+    /// preprocessed cache (`trainer prepare`).
     #[arg(long, required_unless_present = "resume")]
     pub data: Option<PathBuf>,
     /// Folds (stratified by class; each group or patient in one fold).
@@ -99,6 +100,7 @@ fn new_plan(
         );
     }
     let data = data::discover(&opts.data)?;
+    crate::cache::check_input_size(&opts.data, opts.input_size)?;
     let plan = CvPlan::new(opts, &data, folds, repeats)?;
     cv.write_plan(&plan)?;
     Ok((cv, plan))

@@ -109,6 +109,7 @@ impl GroupsArgs {
         if threshold.is_nan() || threshold < 0.0 {
             bail!("--threshold must be a distance of 0 or more, got {threshold}");
         }
+        crate::cache::require_raw(&self.data, "trainer groups")?;
         let data = data::discover(&self.data)?;
         let pairs = match self.method {
             Method::Phash => closest_pairs(&hash_all(&data.root, &data.items, self.quiet)?),

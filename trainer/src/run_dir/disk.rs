@@ -64,7 +64,7 @@ pub fn space_problem(out: &Path, available: u64, needed: u64) -> Option<String> 
 
 /// Free bytes on the file system that holds `path` (`None` where it cannot be told).
 #[cfg(unix)]
-pub(super) fn available_space(path: &Path) -> Option<u64> {
+pub fn available_space(path: &Path) -> Option<u64> {
     use std::os::unix::ffi::OsStrExt;
     let c = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
     let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
@@ -74,7 +74,7 @@ pub(super) fn available_space(path: &Path) -> Option<u64> {
 }
 
 #[cfg(not(unix))]
-pub(super) fn available_space(_path: &Path) -> Option<u64> {
+pub fn available_space(_path: &Path) -> Option<u64> {
     None
 }
 

@@ -24,7 +24,7 @@ use anyhow::{Context, Result, bail};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-pub use disk::write_atomic;
+pub use disk::{available_space, write_atomic};
 pub use files::{
     BestEpoch, EpochSummary, MetricsRow, RunReport, RunState, TeacherLogits, read_teacher,
     write_teacher,

@@ -111,6 +111,7 @@ pub fn train_pretrained(
 ) -> Result<serde_json::Value> {
     let run = RunDir::create(out)?;
     let data = data::discover(&opts.data)?;
+    crate::cache::check_input_size(&opts.data, opts.input_size)?;
     run.write_options(opts)?;
     run.prepare_split(opts, &data)?;
     let epochs = opts.epochs.max(1);
