@@ -153,10 +153,8 @@ pub fn batch_loss(
         .iter()
         .flat_map(|f| teacher.get(f).copied().unwrap_or([0.0, 0.0]))
         .collect();
-    let targets = Tensor::<2>::from_data(
-        TensorData::new(targets, [files.len(), 2]),
-        &logits.device(),
-    );
+    let targets =
+        Tensor::<2>::from_data(TensorData::new(targets, [files.len(), 2]), &logits.device());
     let soft = scale(
         distillation_loss(logits, targets, spec.temperature),
         share.distilled,

@@ -13,6 +13,9 @@ use collective_flex::{Flex, FlexDevice};
 
 use super::{DdpError, Topology};
 
+/// Buffers shorter than this are padded (more than any number of machines a run would use).
+const MIN_LEN: usize = 1024;
+
 /// The backend the reductions run on (host memory).
 type Comm = Flex;
 
@@ -57,25 +60,30 @@ impl Peer {
     }
 
     /// The element-wise sum of `values` over all peers, returned to each.
-    pub fn all_reduce_sum(&self, values: Vec<f32>) -> Result<Vec<f32>, DdpError> {
+    pub fn all_reduce_sum(&self, mut values: Vec<f32>) -> Result<Vec<f32>, DdpError> {
         let expected = values.len();
-        let tensor = Comm::float_from_data(TensorData::new(values, [expected]), &FlexDevice);
+        // The ring all-reduce between machines cuts the buffer into one slice per machine and
+        // refuses a shorter one: pad small buffers with zeros.
+        values.resize(expected.max(MIN_LEN), 0.0);
+        let len = values.len();
+        let tensor = Comm::float_from_data(TensorData::new(values, [len]), &FlexDevice);
         let summed = all_reduce::<Comm>(self.id, tensor, ReduceOperation::Sum)
             .map_err(|e| collective_error("all-reduce", e))?;
         let data = read_sync(Comm::float_into_data(summed)).map_err(|e| DdpError::Collective {
             operation: "all-reduce (reading the result)",
             detail: format!("{e:?}"),
         })?;
-        let out = data.into_vec::<f32>().map_err(|e| DdpError::Collective {
+        let mut out = data.into_vec::<f32>().map_err(|e| DdpError::Collective {
             operation: "all-reduce (reading the result)",
             detail: format!("{e:?}"),
         })?;
-        if out.len() != expected {
+        if out.len() != len {
             return Err(DdpError::Length {
-                expected,
+                expected: len,
                 got: out.len(),
             });
         }
+        out.truncate(expected);
         Ok(out)
     }
 

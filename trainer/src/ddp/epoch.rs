@@ -13,7 +13,12 @@ use crate::validation::bar;
 
 /// Start the replicas of `topology` from `t`'s model and optimizer, after checking that every
 /// machine trains the same thing from the same epoch.
-pub fn start(topology: Topology, t: &Trainee, opts: &TrainOptions, plan: &Plan) -> Result<Replicas> {
+pub fn start(
+    topology: Topology,
+    t: &Trainee,
+    opts: &TrainOptions,
+    plan: &Plan,
+) -> Result<Replicas> {
     let replicas = Replicas::start(topology, &t.model, &t.optim, &plan.loss, opts.input_size)?;
     replicas.check_agreement(
         &[

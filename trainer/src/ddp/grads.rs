@@ -28,7 +28,11 @@ pub fn flatten_grads<M: Module>(model: &M, mut grads: GradientsParams) -> Vec<f3
 pub fn grads_len<M: Module>(model: &M) -> usize {
     let mut shapes = Shapes::default();
     model.visit(&mut shapes);
-    shapes.trainable.iter().map(|s| s.iter().product::<usize>() + 1).sum()
+    shapes
+        .trainable
+        .iter()
+        .map(|s| s.iter().product::<usize>() + 1)
+        .sum()
 }
 
 /// The gradients of a summed [`flatten_grads`] buffer, as tensors on `device`.
@@ -178,10 +182,9 @@ impl ModuleMapper for SetBuffers<'_> {
         let start = self.offset;
         self.offset += n;
         let tensor = match self.values.get(start..start + n) {
-            Some(values) => Tensor::<D>::from_data(
-                TensorData::new(values.to_vec(), shape),
-                &tensor.device(),
-            ),
+            Some(values) => {
+                Tensor::<D>::from_data(TensorData::new(values.to_vec(), shape), &tensor.device())
+            }
             None => tensor,
         };
         Param::from_mapped_value(id, tensor, mapper)

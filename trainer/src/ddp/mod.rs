@@ -79,8 +79,17 @@ impl DeviceSpec {
     }
 }
 
+/// The devices of `--devices` (one value on the command line).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceList(pub Vec<DeviceSpec>);
+
 /// `--devices`: comma-separated `cpu`, `wgpu` or `wgpu:INDEX`, each optionally `*COUNT`
 /// (`cpu*2` = `cpu,cpu`).
+pub fn parse_device_list(text: &str) -> Result<DeviceList, DdpError> {
+    parse_devices(text).map(DeviceList)
+}
+
+/// The devices of a `--devices` value.
 pub fn parse_devices(text: &str) -> Result<Vec<DeviceSpec>, DdpError> {
     let bad = |why: &str| DdpError::Devices(text.to_string(), why.to_string());
     let mut out = Vec::new();
@@ -99,7 +108,11 @@ pub fn parse_devices(text: &str) -> Result<Vec<DeviceSpec>, DdpError> {
             Some(("wgpu", index)) => DeviceSpec::WgpuIndex(
                 usize::from_str(index).map_err(|_| bad("a wgpu index is a whole number"))?,
             ),
-            _ => return Err(bad("each device is cpu, wgpu or wgpu:INDEX, optionally *COUNT")),
+            _ => {
+                return Err(bad(
+                    "each device is cpu, wgpu or wgpu:INDEX, optionally *COUNT",
+                ));
+            }
         };
         if spec != DeviceSpec::Cpu && !cfg!(feature = "wgpu") {
             return Err(bad("this build has no wgpu support"));
@@ -119,8 +132,8 @@ pub struct DdpArgs {
     /// Train data-parallel on these devices of this machine: comma-separated `cpu`, `wgpu`
     /// (default adapter) or `wgpu:INDEX` (discrete GPU), each optionally `*COUNT`, e.g. `cpu*2`,
     /// `wgpu:0,wgpu:1`. The global batch (--batch-size) is split over all devices of all machines.
-    #[arg(long, value_parser = parse_devices)]
-    pub devices: Option<Vec<DeviceSpec>>,
+    #[arg(long, value_parser = parse_device_list)]
+    pub devices: Option<DeviceList>,
     /// Machines taking part (each runs `trainer train` with the same options and data).
     #[arg(long)]
     pub num_nodes: Option<u32>,
@@ -173,7 +186,7 @@ impl DdpArgs {
         let nodes = self.nodes()?;
         let devices = match (&self.devices, &nodes) {
             (None, None) => return Ok(None),
-            (Some(d), _) => d.clone(),
+            (Some(d), _) => d.0.clone(),
             (None, Some(_)) => vec![DeviceSpec::Cpu],
         };
         if devices.len() == 1 && nodes.is_none() {

@@ -166,7 +166,11 @@ impl Replicas {
             let labels = batch.labels[start..end].to_vec();
             let part = normaliser(&labels, self.spec.kind, self.spec.weights);
             let share = Share {
-                labelled: if whole_norm > 0.0 { part / whole_norm } else { 0.0 },
+                labelled: if whole_norm > 0.0 {
+                    part / whole_norm
+                } else {
+                    0.0
+                },
                 distilled: (end - start) as f32 / n.max(1) as f32,
             };
             let shard = Shard {
@@ -300,6 +304,9 @@ impl Replica {
     }
 
     fn average_buffers(&mut self) -> Result<(), DdpError> {
+        // burn's running states hold each thread's latest update apart until synchronised
+        // (`valid` does it): fold them in before reading the buffers.
+        let _ = self.model.valid();
         let summed = self.peer.all_reduce_sum(flatten_buffers(&self.model))?;
         let mean: Vec<f32> = summed.iter().map(|v| v / self.world as f32).collect();
         self.model = replace_buffers(self.model.clone(), &mean);

@@ -312,11 +312,14 @@ fn node_options_are_checked() {
         },
     ];
     for case in cases {
-        assert!(matches!(case.topology(), Err(DdpError::Nodes(_))), "{case:?}");
+        assert!(
+            matches!(case.topology(), Err(DdpError::Nodes(_))),
+            "{case:?}"
+        );
     }
     assert!(DdpArgs::default().topology().unwrap().is_none());
     let one = DdpArgs {
-        devices: Some(vec![DeviceSpec::Cpu]),
+        devices: Some(DeviceList(vec![DeviceSpec::Cpu])),
         ..DdpArgs::default()
     };
     assert!(one.topology().unwrap().is_none());
