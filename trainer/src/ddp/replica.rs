@@ -158,7 +158,7 @@ impl Replicas {
         let n = batch.len();
         let size = self.workers.len().max(1);
         let total = self.topology.world_size();
-        let pixels_per = if n == 0 { 0 } else { batch.pixels.len() / n };
+        let pixels_per = batch.pixels.len().checked_div(n).unwrap_or(0);
         let whole_norm = normaliser(&batch.labels, self.spec.kind, self.spec.weights);
         for d in 0..size {
             let k = self.topology.first_shard() + d;
