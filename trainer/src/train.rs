@@ -77,9 +77,10 @@ impl TrainArgs {
             return Ok(());
         }
         let topology = self.ddp.topology()?;
-        let (device, name) = match &topology {
-            None => device::select(self.session.backend)?,
-            Some(top) => (top.devices[0].device(), ddp::describe(top)),
+        let (device, name) = match (&topology, self.ddp.single_device()) {
+            (Some(top), _) => (top.devices[0].device(), ddp::describe(top)),
+            (None, Some(one)) => (one.device(), format!("{one:?} (--devices)")),
+            (None, None) => device::select(self.session.backend)?,
         };
         eprintln!("backend: {name}");
         if self.ablation {

@@ -181,6 +181,14 @@ impl Topology {
 }
 
 impl DdpArgs {
+    /// The device of `--devices` when it names one alone (ordinary one-device training there).
+    pub fn single_device(&self) -> Option<DeviceSpec> {
+        match &self.devices {
+            Some(DeviceList(d)) if d.len() == 1 => Some(d[0]),
+            _ => None,
+        }
+    }
+
     /// The topology, or `None` for the ordinary one-device training.
     pub fn topology(&self) -> Result<Option<Topology>, DdpError> {
         let nodes = self.nodes()?;

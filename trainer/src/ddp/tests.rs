@@ -84,7 +84,9 @@ fn batch(step: usize) -> (Vec<f32>, Vec<u8>) {
     let x = (0..BATCH * INPUTS)
         .map(|i| (((i * 37 + step * 11) % 23) as f32 / 11.0) - 1.0)
         .collect();
-    let y = (0..BATCH).map(|i| u8::from((i + step).is_multiple_of(3))).collect();
+    let y = (0..BATCH)
+        .map(|i| u8::from((i + step).is_multiple_of(3)))
+        .collect();
     (x, y)
 }
 
