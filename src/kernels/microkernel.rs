@@ -326,7 +326,7 @@ mod tests {
         let mut rng = Rng::new(3);
         for (rows, depth, len) in [(1, 1, 1), (4, 9, 8), (5, 7, 13), (16, 144, 64), (3, 2, 31)] {
             let stride = len + 3;
-            let mut random = |n: usize| (0..n).map(|_| rng.normal() as f32).collect::<Vec<_>>();
+            let mut random = |n: usize| (0..n).map(|_| rng.normal()).collect::<Vec<f32>>();
             let (weight, rhs, bias) = (random(rows * depth), random(depth * stride), random(rows));
             let residual = random(rows * stride);
             for (with_residual, relu) in [(false, false), (true, true), (false, true)] {
