@@ -4,8 +4,8 @@
 # CPU, onnxruntime) and bench/node_modules (onnxruntime-web) on first use.
 # Environment: THREADS (native threads, default: all cores), RUNS (browser runs, default 30),
 # PAGE_RUNS (page drops, default 12),
-# BASELINE (a folder holding an earlier build's dist/ files and its `trainer` binary: measured in
-# the same run, alternating where it can, for before/after figures).
+# BASELINE (a folder holding an earlier build's dist/ files and, for the native figures, its
+# `trainer` binary: measured in the same run, alternating where it can, for before/after figures).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=bench/out
@@ -40,6 +40,10 @@ done
 if [ -n "${BASELINE:-}" ]; then
   BASELINE=$(realpath "$BASELINE")
   export BASELINE
+fi
+# The native before/after needs the earlier build's trainer; the browser and page ones only its
+# dist/ files.
+if [ -n "${BASELINE:-}" ] && [ -x "$BASELINE/trainer" ]; then
   log "baseline build ($BASELINE), native, interleaved with ours"
   RAYON_NUM_THREADS="$THREADS" "$BASELINE/trainer" bench infer --runs 30 > "$OUT/base-infer.json"
   RAYON_NUM_THREADS="$THREADS" "$TRAINER" bench infer --runs 30 > "$OUT/ours2-infer.json"
