@@ -17,7 +17,7 @@ use crate::augment::AugmentConfig;
 use crate::data::{self, Dataset, Item, Split};
 use crate::ddp::{self, DdpArgs, Topology};
 use crate::device;
-use crate::loader::{Failures, Loader, LoaderConfig};
+use crate::loader::{Batch, Failures, Loader, LoaderConfig};
 use crate::metrics::Report;
 use crate::objective::{LossSpec, Share, batch_loss, class_weights, learning_rate};
 use crate::options::{Session, TrainOptions};
@@ -424,26 +424,15 @@ pub(crate) fn epoch_batches(
 /// One pass over the (shuffled, augmented) training items. Returns the trained model with the
 /// mean training loss and the last learning rate.
 fn train_epoch(
-    mut t: Trainee,
+    t: Trainee,
     opts: &TrainOptions,
     plan: &Plan,
     epoch: usize,
     device: &Device,
     quiet: bool,
 ) -> Result<(Trainee, f64, f64)> {
-    let failures: Failures = Default::default();
-    let batches = epoch_batches(opts, plan, epoch, &failures);
-    let steps_per_epoch = plan.train_items.len().div_ceil(opts.batch_size);
-    let total_steps = steps_per_epoch * opts.epochs;
-    let pb = bar(
-        plan.train_items.len(),
-        format!("epoch {}/{}", epoch + 1, opts.epochs),
-        quiet,
-    );
-    let (mut loss_sum, mut seen, mut lr) = (0.0f64, 0usize, opts.lr);
-    for (i, batch) in batches.enumerate() {
+    run_epoch(t, opts, plan, epoch, quiet, |mut t, batch, lr, i| {
         let n = batch.len();
-        lr = learning_rate(opts.lr, epoch * steps_per_epoch + i, total_steps);
         let x = batch_input(batch.pixels, n, opts.input_size, device);
         let logits = t.model.forward(x);
         let l = batch_loss(
@@ -462,6 +451,37 @@ fn train_epoch(
         }
         let grads = GradientsParams::from_grads(l.backward(), &t.model);
         t.model = t.optim.step(lr, t.model, grads);
+        Ok((t, value))
+    })
+}
+
+/// The loop of one training epoch, whatever takes the steps (one device or several): the
+/// shuffled batches, the learning-rate schedule, the progress bar and the failed files.
+/// `step(state, batch, lr, index)` trains on one batch and returns the state and the batch's
+/// loss; the result is the final state, the mean training loss and the last learning rate.
+pub(crate) fn run_epoch<S>(
+    mut state: S,
+    opts: &TrainOptions,
+    plan: &Plan,
+    epoch: usize,
+    quiet: bool,
+    mut step: impl FnMut(S, Batch, f64, usize) -> Result<(S, f32)>,
+) -> Result<(S, f64, f64)> {
+    let failures: Failures = Default::default();
+    let batches = epoch_batches(opts, plan, epoch, &failures);
+    let steps_per_epoch = plan.train_items.len().div_ceil(opts.batch_size);
+    let total_steps = steps_per_epoch * opts.epochs;
+    let pb = bar(
+        plan.train_items.len(),
+        format!("epoch {}/{}", epoch + 1, opts.epochs),
+        quiet,
+    );
+    let (mut loss_sum, mut seen, mut lr) = (0.0f64, 0usize, opts.lr);
+    for (i, batch) in batches.enumerate() {
+        let n = batch.len();
+        lr = learning_rate(opts.lr, epoch * steps_per_epoch + i, total_steps);
+        let value;
+        (state, value) = step(state, batch, lr, i)?;
         loss_sum += f64::from(value) * n as f64;
         seen += n;
         pb.inc(n as u64);
@@ -472,7 +492,7 @@ fn train_epoch(
     if failed > 0 && !quiet {
         eprintln!("  {failed} training image(s) could not be decoded and were skipped");
     }
-    Ok((t, loss_sum / seen.max(1) as f64, lr))
+    Ok((state, loss_sum / seen.max(1) as f64, lr))
 }
 
 /// Commit the finished `epoch`: its weights and optimizer state become the resume point.

@@ -5,11 +5,8 @@ use burn::module::Module;
 use cxr::ResNet;
 
 use super::{Replicas, Topology};
-use crate::loader::Failures;
-use crate::objective::learning_rate;
 use crate::options::TrainOptions;
-use crate::train::{Plan, Trainee, epoch_batches};
-use crate::validation::bar;
+use crate::train::{Plan, Trainee, run_epoch};
 
 /// Start the replicas of `topology` from `t`'s model and optimizer, after checking that every
 /// machine trains the same thing from the same epoch.
@@ -52,37 +49,17 @@ pub fn train_epoch(
     epoch: usize,
     quiet: bool,
 ) -> Result<(f64, f64)> {
-    let failures: Failures = Default::default();
-    let batches = epoch_batches(opts, plan, epoch, &failures);
-    let steps_per_epoch = plan.train_items.len().div_ceil(opts.batch_size);
-    let total_steps = steps_per_epoch * opts.epochs;
-    let pb = bar(
-        plan.train_items.len(),
-        format!("epoch {}/{}", epoch + 1, opts.epochs),
-        quiet,
-    );
-    let (mut loss_sum, mut seen, mut lr) = (0.0f64, 0usize, opts.lr);
-    for (i, batch) in batches.enumerate() {
-        let n = batch.len();
-        lr = learning_rate(opts.lr, epoch * steps_per_epoch + i, total_steps);
+    let ((), loss, lr) = run_epoch((), opts, plan, epoch, quiet, |(), batch, lr, i| {
         let value = replicas
             .step(batch, lr)
             .map_err(|e| anyhow!("epoch {} step {i}: {e}", epoch + 1))?;
-        loss_sum += f64::from(value) * n as f64;
-        seen += n;
-        pb.inc(n as u64);
-        pb.set_message(format!("loss {:.4}", loss_sum / seen as f64));
-    }
-    pb.finish_and_clear();
-    let failed = failures.lock().map(|f| f.len()).unwrap_or(0);
-    if failed > 0 && !quiet {
-        eprintln!("  {failed} training image(s) could not be decoded and were skipped");
-    }
+        Ok(((), value))
+    })?;
     replicas.average_buffers()?;
     let (model, optim): (ResNet, _) = replicas.model()?;
     t.model = model;
     t.optim = optim;
-    Ok((loss_sum / seen.max(1) as f64, lr))
+    Ok((loss, lr))
 }
 
 /// Whether to stop, agreed by all machines (any one's early stop stops all).
