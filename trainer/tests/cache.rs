@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{dataset, temp, tiny_run_args, trainer};
+use common::{dataset, evaluate_run, temp, tiny_run_args, trainer};
 
 fn succeeded(out: &Output) -> String {
     assert!(
@@ -48,20 +48,7 @@ fn train(data: &Path, out: &Path) -> Output {
 }
 
 fn evaluate(data: &Path, run: &Path) -> serde_json::Value {
-    let weights = run.join("best.cxrw");
-    let out = trainer(&[
-        "evaluate",
-        "--data",
-        data.to_str().unwrap(),
-        "--weights",
-        weights.to_str().unwrap(),
-        "--run",
-        run.to_str().unwrap(),
-        "--json",
-        "--backend",
-        "cpu",
-    ]);
-    serde_json::from_str(&succeeded(&out)).unwrap()
+    serde_json::from_str(&succeeded(&evaluate_run(data, run))).unwrap()
 }
 
 fn cv(data: &Path, out: &Path) -> String {

@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{dataset, fixtures, temp, tiny_run_args, trainer};
+use common::{dataset, evaluate_run, fixtures, temp, tiny_run_args, trainer};
 
 #[test]
 fn predict_reports_each_file_and_fails_only_the_bad_ones() {
@@ -100,19 +100,7 @@ fn train_evaluate_resume_and_export() {
 
 /// `evaluate --run` scores the run's validation split.
 fn evaluate_on_the_split(data: &std::path::Path, run: &std::path::Path) {
-    let weights = run.join("best.cxrw");
-    let eval = trainer(&[
-        "evaluate",
-        "--data",
-        data.to_str().unwrap(),
-        "--weights",
-        weights.to_str().unwrap(),
-        "--run",
-        run.to_str().unwrap(),
-        "--json",
-        "--backend",
-        "cpu",
-    ]);
+    let eval = evaluate_run(data, run);
     assert!(
         eval.status.success(),
         "{}",

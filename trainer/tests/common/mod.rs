@@ -71,3 +71,21 @@ pub fn dataset(name: &str) -> PathBuf {
     std::fs::write(dir.join("effusion/corrupt.png"), b"\x89PNG\r\n\x1a\nbroken").unwrap();
     dir
 }
+
+/// `trainer evaluate --json` of a run's best weights on its validation split (`--run`), on the
+/// CPU; the command's output.
+pub fn evaluate_run(data: &Path, run: &Path) -> Output {
+    let weights = run.join("best.cxrw");
+    trainer(&[
+        "evaluate",
+        "--data",
+        data.to_str().unwrap(),
+        "--weights",
+        weights.to_str().unwrap(),
+        "--run",
+        run.to_str().unwrap(),
+        "--json",
+        "--backend",
+        "cpu",
+    ])
+}
