@@ -12,6 +12,7 @@ mod cv;
 mod data;
 mod ddp;
 mod device;
+mod epoch;
 mod evaluate;
 mod export;
 mod groups;

@@ -5,8 +5,9 @@ use burn::module::Module;
 use cxr::ResNet;
 
 use super::{Replicas, Topology};
+use crate::epoch::run_epoch;
 use crate::options::TrainOptions;
-use crate::train::{Plan, Trainee, run_epoch};
+use crate::train::{Plan, Trainee};
 
 /// Start the replicas of `topology` from `t`'s model and optimizer, after checking that every
 /// machine trains the same thing from the same epoch.
