@@ -121,32 +121,98 @@ pub fn conv2d_with(
     assert_eq!(input.len(), g.batch * g.in_channels * g.in_pixels());
     assert_eq!(weight.len(), g.out_channels * g.patch_len());
     epilogue.check(g.out_channels, out_len);
+    let weights = Weights::new(weight, g.out_channels, g.patch_len(), product);
+    run_segments(
+        g.batch,
+        g.out_pixels(),
+        g.segment_len(),
+        out_len,
+        |b, pixels, out| {
+            // SAFETY: every segment writes only the columns `pixels` of its own image `b`.
+            unsafe { conv_segment(input, g, &weights, epilogue, b, pixels, out) };
+        },
+    )
+}
+
+/// Runs `segment(b, range, out)` for every image `b` and every `step`-long range of
+/// `0..units` (on rayon's threads natively) over a zeroed output of `out_len` values, and
+/// returns the output. Each segment must write only its own part of it.
+pub(super) fn run_segments(
+    batch: usize,
+    units: usize,
+    step: usize,
+    out_len: usize,
+    segment: impl Fn(usize, std::ops::Range<usize>, SharedOut) + Sync + Send,
+) -> Vec<f32> {
     let mut out = vec![0f32; out_len];
-    let segment = g.segment_len();
-    let tasks: Vec<(usize, usize)> = (0..g.batch)
-        .flat_map(|b| (0..g.out_pixels()).step_by(segment).map(move |s| (b, s)))
+    let tasks: Vec<(usize, usize)> = (0..batch)
+        .flat_map(|b| (0..units).step_by(step.max(1)).map(move |s| (b, s)))
         .collect();
     let out_ptr = SharedOut(out.as_mut_ptr());
-    let weights = match product {
-        Product::Gemm => Weights::Plain(weight),
-        Product::Tiles => {
-            Weights::Packed(PackedWeights::new(weight, g.out_channels, g.patch_len()))
-        }
-    };
-    let run = |&(b, start): &(usize, usize)| {
-        let end = (start + segment).min(g.out_pixels());
-        // SAFETY: every task writes only the columns [start, end) of its own image `b`, so no
-        // two tasks write the same element, and `out` outlives the loop.
-        unsafe { conv_segment(input, g, &weights, epilogue, b, start..end, out_ptr) };
-    };
-    for_each_task(&tasks, run);
+    // `out` outlives the loop; the segments write disjoint parts of it (the caller's contract).
+    for_each_task(&tasks, |&(b, start)| {
+        segment(b, start..(start + step).min(units), out_ptr);
+    });
     out
 }
 
-/// The weights as the chosen product reads them.
-enum Weights<'a> {
-    Plain(&'a [f32]),
+/// A `[rows, depth]` weight matrix as the chosen product reads it.
+pub(super) enum Weights<'a> {
+    Plain {
+        values: &'a [f32],
+        rows: usize,
+        depth: usize,
+    },
     Packed(PackedWeights),
+}
+
+impl<'a> Weights<'a> {
+    pub(super) fn new(values: &'a [f32], rows: usize, depth: usize, product: Product) -> Self {
+        match product {
+            Product::Gemm => Self::Plain {
+                values,
+                rows,
+                depth,
+            },
+            Product::Tiles => Self::Packed(PackedWeights::new(values, rows, depth)),
+        }
+    }
+
+    /// `to[rows, len] = epilogue(self · rhs[depth, len])`, `rhs` rows `rhs_stride` apart.
+    ///
+    /// # Safety
+    /// `rhs` holds `depth` rows of `len` values `rhs_stride` apart; `to` holds `rows` rows of
+    /// `len` values `to.stride` apart.
+    pub(super) unsafe fn multiply(
+        &self,
+        rhs: *const f32,
+        rhs_stride: usize,
+        len: usize,
+        to: Destination<'_>,
+    ) {
+        match self {
+            Self::Packed(packed) => unsafe {
+                microkernel::multiply::<NativeLanes>(packed, rhs, rhs_stride, len, to);
+            },
+            &Self::Plain {
+                values,
+                rows,
+                depth,
+            } => {
+                let shape = (rows, depth, len);
+                unsafe { gemm_product(values, shape, rhs, rhs_stride, to.out, to.stride) };
+                for c in 0..rows {
+                    let row = c * to.stride;
+                    // SAFETY: row `c`'s `len` values are the caller's (see above).
+                    let values = unsafe { std::slice::from_raw_parts_mut(to.out.add(row), len) };
+                    let residual = to
+                        .residual
+                        .map(|r| unsafe { std::slice::from_raw_parts(r.add(row), len) });
+                    apply_epilogue(values, to.bias[c], residual, to.relu);
+                }
+            }
+        }
+    }
 }
 
 /// The output buffer, shared by tasks that write disjoint parts of it.
@@ -157,14 +223,14 @@ unsafe impl Send for SharedOut {}
 unsafe impl Sync for SharedOut {}
 
 #[cfg(not(target_family = "wasm"))]
-pub(super) fn for_each_task<T: Sync>(tasks: &[T], run: impl Fn(&T) + Sync + Send) {
+fn for_each_task<T: Sync>(tasks: &[T], run: impl Fn(&T) + Sync + Send) {
     use rayon::prelude::*;
     tasks.par_iter().for_each(run);
 }
 
 /// One thread in wasm (threads there need cross-origin isolation and a nightly build-std).
 #[cfg(target_family = "wasm")]
-pub(super) fn for_each_task<T: Sync>(tasks: &[T], run: impl Fn(&T) + Sync + Send) {
+fn for_each_task<T: Sync>(tasks: &[T], run: impl Fn(&T) + Sync + Send) {
     tasks.iter().for_each(run);
 }
 
@@ -202,65 +268,32 @@ unsafe fn conv_segment(
     };
     if g.is_pointwise() {
         let rhs = &image[pixels.start..];
-        unsafe { multiply(g, weights, rhs.as_ptr(), g.in_pixels(), len, to) };
+        unsafe { weights.multiply(rhs.as_ptr(), g.in_pixels(), len, to) };
     } else {
         COLUMNS.with_borrow_mut(|columns| {
             columns.resize(g.patch_len() * len, 0.0);
             im2col_segment(image, g, pixels.clone(), columns);
-            unsafe { multiply(g, weights, columns.as_ptr(), len, len, to) };
+            unsafe { weights.multiply(columns.as_ptr(), len, len, to) };
         });
     }
 }
 
-/// `to[out, len] = epilogue(weight[out, patch] · rhs[patch, len])`, `rhs` rows `rhs_stride`
-/// apart.
+/// `dst[m, n] = weight[m, k] · rhs[k, n]` by the `gemm` crate, `(m, k, n) = shape`, `rhs` rows
+/// `rhs_stride` apart, `dst` rows `dst_stride` apart.
 ///
 /// # Safety
-/// `rhs` holds `patch_len` rows of `len` values `rhs_stride` apart; `to` holds `out_channels`
-/// rows of `len` values `to.stride` apart.
-unsafe fn multiply(
-    g: ConvGeometry,
-    weights: &Weights<'_>,
-    rhs: *const f32,
-    rhs_stride: usize,
-    len: usize,
-    to: Destination<'_>,
-) {
-    match weights {
-        Weights::Packed(packed) => unsafe {
-            microkernel::multiply::<NativeLanes>(packed, rhs, rhs_stride, len, to);
-        },
-        Weights::Plain(weight) => {
-            unsafe { gemm_product(g, weight, rhs, rhs_stride, len, to.out) };
-            for c in 0..g.out_channels {
-                let row = c * to.stride;
-                // SAFETY: row `c`'s `len` values belong to this task (the caller's contract).
-                let values = unsafe { std::slice::from_raw_parts_mut(to.out.add(row), len) };
-                let residual = to
-                    .residual
-                    .map(|r| unsafe { std::slice::from_raw_parts(r.add(row), len) });
-                apply_epilogue(values, to.bias[c], residual, to.relu);
-            }
-        }
-    }
-}
-
-/// `dst[out, len] = weight[out, patch] · rhs[patch, len]` by the `gemm` crate, `rhs` rows
-/// `rhs_stride` apart, `dst` rows `out_pixels` apart.
-///
-/// # Safety
-/// `rhs` holds `patch_len` rows of `len` values `rhs_stride` apart; `dst` holds `out_channels`
-/// rows of `len` values `out_pixels` apart.
+/// `rhs` holds `k` rows of `n` values `rhs_stride` apart; `dst` holds `m` rows of `n` values
+/// `dst_stride` apart.
 unsafe fn gemm_product(
-    g: ConvGeometry,
     weight: &[f32],
+    (m, k, len): (usize, usize, usize),
     rhs: *const f32,
     rhs_stride: usize,
-    len: usize,
     dst: *mut f32,
+    dst_stride: usize,
 ) {
-    let (m, k) = (g.out_channels, g.patch_len());
-    // SAFETY: the caller's contract; `weight` is `[m, k]` row-major (checked in `conv2d`).
+    assert_eq!(weight.len(), m * k);
+    // SAFETY: the caller's contract; `weight` is `[m, k]` row-major (checked above).
     unsafe {
         gemm::gemm(
             m,
@@ -268,7 +301,7 @@ unsafe fn gemm_product(
             k,
             dst,
             1,
-            g.out_pixels() as isize,
+            dst_stride as isize,
             false,
             weight.as_ptr(),
             1,

@@ -11,10 +11,8 @@
 //! first version, one scalar tile at a time with a 16-way scatter, measured slower than the
 //! direct kernel.
 
-use gemm::Parallelism;
-
-use super::conv::{Epilogue, Product, SharedOut, for_each_task};
-use super::microkernel::{self, Destination, NativeLanes, PackedWeights};
+use super::conv::{Epilogue, Product, SharedOut, Weights, run_segments};
+use super::microkernel::Destination;
 
 /// Number of transformed positions in a 4x4 tile.
 const POSITIONS: usize = 16;
@@ -99,42 +97,22 @@ pub fn conv3x3_with(
     assert_eq!(input.len(), g.batch * g.in_channels * pixels);
     assert_eq!(filters.len(), POSITIONS * g.out_channels * g.in_channels);
     epilogue.check(g.out_channels, out_len);
-    let mut out = vec![0f32; out_len];
-    let weights = Filters::new(filters, g, product);
-    let (th, _) = g.tiles();
-    let rows = g.segment_rows();
-    let tasks: Vec<(usize, usize)> = (0..g.batch)
-        .flat_map(|b| (0..th).step_by(rows).map(move |t| (b, t)))
+    let plane = g.out_channels * g.in_channels;
+    let weights: Vec<Weights<'_>> = filters
+        .chunks_exact(plane.max(1))
+        .map(|f| Weights::new(f, g.out_channels, g.in_channels, product))
         .collect();
-    let out_ptr = SharedOut(out.as_mut_ptr());
-    let run = |&(b, first): &(usize, usize)| {
-        let tile_rows = first..(first + rows).min(th);
-        // SAFETY: each task writes only the output rows of its own tile rows of image `b`.
-        unsafe { segment(input, g, &weights, epilogue, b, tile_rows, out_ptr) };
-    };
-    for_each_task(&tasks, run);
-    out
-}
-
-/// The 16 transformed filter matrices `[out, in]`, as the chosen product reads them.
-enum Filters<'a> {
-    Plain(&'a [f32]),
-    Packed(Vec<PackedWeights>),
-}
-
-impl<'a> Filters<'a> {
-    fn new(filters: &'a [f32], g: WinogradGeometry, product: Product) -> Self {
-        let plane = g.out_channels * g.in_channels;
-        match product {
-            Product::Gemm => Self::Plain(filters),
-            Product::Tiles => Self::Packed(
-                filters
-                    .chunks_exact(plane.max(1))
-                    .map(|f| PackedWeights::new(f, g.out_channels, g.in_channels))
-                    .collect(),
-            ),
-        }
-    }
+    let (th, _) = g.tiles();
+    run_segments(
+        g.batch,
+        th,
+        g.segment_rows(),
+        out_len,
+        |b, tile_rows, out| {
+            // SAFETY: each segment writes only the output rows of its own tile rows of image `b`.
+            unsafe { segment(input, g, &weights, epilogue, b, tile_rows, out) };
+        },
+    )
 }
 
 std::thread_local! {
@@ -152,7 +130,7 @@ std::thread_local! {
 unsafe fn segment(
     input: &[f32],
     g: WinogradGeometry,
-    filters: &Filters<'_>,
+    filters: &[Weights<'_>],
     epilogue: Epilogue<'_>,
     b: usize,
     tile_rows: std::ops::Range<usize>,
@@ -266,55 +244,27 @@ fn zip_into(out: &mut [f32], a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32) 
 /// The 16 products `[out, in] x [in, tiles]` → `[16, out, tiles]`.
 fn multiply(
     transformed: &[f32],
-    filters: &Filters<'_>,
+    filters: &[Weights<'_>],
     g: WinogradGeometry,
     tiles: usize,
     products: &mut [f32],
 ) {
     let (m, k, n) = (g.out_channels, g.in_channels, tiles);
     let zeros = vec![0f32; m];
-    for (e, dst) in products.chunks_exact_mut(m * n).enumerate() {
-        let rhs = &transformed[e * k * n..][..k * n];
-        match filters {
-            Filters::Packed(packed) => {
-                let to = Destination {
-                    out: dst.as_mut_ptr(),
-                    residual: None,
-                    stride: n,
-                    bias: &zeros,
-                    relu: false,
-                };
-                // SAFETY: `rhs` is `[k, n]` and `dst` `[m, n]`, row-major.
-                unsafe { microkernel::multiply::<NativeLanes>(&packed[e], rhs.as_ptr(), n, n, to) };
-            }
-            Filters::Plain(filters) => {
-                let lhs = &filters[e * m * k..][..m * k];
-                // SAFETY: `lhs` is `[m, k]`, `rhs` `[k, n]` and `dst` `[m, n]`, all row-major.
-                unsafe {
-                    gemm::gemm(
-                        m,
-                        n,
-                        k,
-                        dst.as_mut_ptr(),
-                        1,
-                        n as isize,
-                        false,
-                        lhs.as_ptr(),
-                        1,
-                        k as isize,
-                        rhs.as_ptr(),
-                        1,
-                        n as isize,
-                        0.0,
-                        1.0,
-                        false,
-                        false,
-                        false,
-                        Parallelism::None,
-                    );
-                }
-            }
-        }
+    for ((filter, dst), rhs) in filters
+        .iter()
+        .zip(products.chunks_exact_mut((m * n).max(1)))
+        .zip(transformed.chunks_exact((k * n).max(1)))
+    {
+        let to = Destination {
+            out: dst.as_mut_ptr(),
+            residual: None,
+            stride: n,
+            bias: &zeros,
+            relu: false,
+        };
+        // SAFETY: `rhs` is `[k, n]` and `dst` `[m, n]`, row-major.
+        unsafe { filter.multiply(rhs.as_ptr(), n, n, to) };
     }
 }
 
