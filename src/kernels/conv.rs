@@ -95,20 +95,8 @@ impl Product {
 }
 
 /// `input` `[batch, in, h, w]`, `weight` `[out, in * k * k]` (row-major, the (in, ky, kx) order
-/// of burn's and PyTorch's `[out, in, k, k]`) → `[batch, out, oh, ow]`.
-///
-/// # Panics
-/// When a slice's length does not match `geometry` (a programming error, not user input).
-pub fn conv2d(
-    input: &[f32],
-    geometry: ConvGeometry,
-    weight: &[f32],
-    epilogue: Epilogue<'_>,
-) -> Vec<f32> {
-    conv2d_with(input, geometry, weight, epilogue, Product::DEFAULT)
-}
-
-/// [`conv2d`] with the product chosen by the caller (the tests run both).
+/// of burn's and PyTorch's `[out, in, k, k]`) → `[batch, out, oh, ow]`, with the product chosen
+/// by the caller (the tests run both).
 pub fn conv2d_with(
     input: &[f32],
     geometry: ConvGeometry,
@@ -116,12 +104,26 @@ pub fn conv2d_with(
     epilogue: Epilogue<'_>,
     product: Product,
 ) -> Vec<f32> {
+    let weights = Weights::new(weight, geometry.out_channels, geometry.patch_len(), product);
+    conv2d_prepared(input, geometry, &weights, epilogue)
+}
+
+/// [`conv2d_with`] with weights already in the product's layout ([`Weights::prepared`]): what a
+/// loaded model calls, so that the weights are not regrouped on every inference.
+///
+/// # Panics
+/// When a slice's length does not match `geometry` (a programming error, not user input).
+pub fn conv2d_prepared(
+    input: &[f32],
+    geometry: ConvGeometry,
+    weights: &Weights<'_>,
+    epilogue: Epilogue<'_>,
+) -> Vec<f32> {
     let g = geometry;
     let out_len = g.batch * g.out_channels * g.out_pixels();
     assert_eq!(input.len(), g.batch * g.in_channels * g.in_pixels());
-    assert_eq!(weight.len(), g.out_channels * g.patch_len());
+    assert_eq!(weights.shape(), (g.out_channels, g.patch_len()));
     epilogue.check(g.out_channels, out_len);
-    let weights = Weights::new(weight, g.out_channels, g.patch_len(), product);
     run_segments(
         g.batch,
         g.out_pixels(),
@@ -129,7 +131,7 @@ pub fn conv2d_with(
         out_len,
         |b, pixels, out| {
             // SAFETY: every segment writes only the columns `pixels` of its own image `b`.
-            unsafe { conv_segment(input, g, &weights, epilogue, b, pixels, out) };
+            unsafe { conv_segment(input, g, weights, epilogue, b, pixels, out) };
         },
     )
 }
@@ -157,17 +159,18 @@ pub(super) fn run_segments(
 }
 
 /// A `[rows, depth]` weight matrix as the chosen product reads it.
-pub(super) enum Weights<'a> {
+pub enum Weights<'a> {
     Plain {
         values: &'a [f32],
         rows: usize,
         depth: usize,
     },
-    Packed(PackedWeights),
+    Packed(PackedWeights<'a>),
 }
 
 impl<'a> Weights<'a> {
-    pub(super) fn new(values: &'a [f32], rows: usize, depth: usize, product: Product) -> Self {
+    /// From row-major `values`, regrouped for this call if the product needs it.
+    pub fn new(values: &'a [f32], rows: usize, depth: usize, product: Product) -> Self {
         match product {
             Product::Gemm => Self::Plain {
                 values,
@@ -175,6 +178,47 @@ impl<'a> Weights<'a> {
                 depth,
             },
             Product::Tiles => Self::Packed(PackedWeights::new(values, rows, depth)),
+        }
+    }
+
+    /// Row-major `[rows, depth]` `values` in the layout `product` reads: prepared once, when a
+    /// model loads, then borrowed by [`Self::prepared`].
+    pub fn prepare(values: &[f32], rows: usize, depth: usize, product: Product) -> Vec<f32> {
+        match product {
+            Product::Gemm => values.to_vec(),
+            Product::Tiles => PackedWeights::pack(values, rows, depth),
+        }
+    }
+
+    /// Length of [`Self::prepare`]'s result.
+    pub fn prepared_len(rows: usize, depth: usize, product: Product) -> usize {
+        match product {
+            Product::Gemm => rows * depth,
+            Product::Tiles => PackedWeights::packed_len(rows, depth),
+        }
+    }
+
+    /// Borrows values from [`Self::prepare`] with the same product.
+    ///
+    /// # Panics
+    /// When `values` is not [`Self::prepared_len`] long (a programming error).
+    pub fn prepared(values: &'a [f32], rows: usize, depth: usize, product: Product) -> Self {
+        assert_eq!(values.len(), Self::prepared_len(rows, depth, product));
+        match product {
+            Product::Gemm => Self::Plain {
+                values,
+                rows,
+                depth,
+            },
+            Product::Tiles => Self::Packed(PackedWeights::from_packed(values, rows, depth)),
+        }
+    }
+
+    /// `(rows, depth)`.
+    pub fn shape(&self) -> (usize, usize) {
+        match self {
+            &Self::Plain { rows, depth, .. } => (rows, depth),
+            Self::Packed(packed) => packed.shape(),
         }
     }
 
@@ -218,7 +262,7 @@ impl<'a> Weights<'a> {
 /// The output buffer, shared by tasks that write disjoint parts of it.
 #[derive(Clone, Copy)]
 pub(super) struct SharedOut(pub(super) *mut f32);
-// SAFETY: tasks write disjoint elements (see `conv2d`).
+// SAFETY: tasks write disjoint elements (see `conv2d_prepared`).
 unsafe impl Send for SharedOut {}
 unsafe impl Sync for SharedOut {}
 

@@ -11,6 +11,8 @@
 //! plain arrays ([`Portable`]) and in wasm on `v128` (`Simd128`). Natively the product stays
 //! with gemm, whose AVX2/AVX-512 kernels are chosen at run time.
 
+use std::borrow::Cow;
+
 /// Output channels per register tile.
 pub const TILE_ROWS: usize = 4;
 
@@ -137,30 +139,61 @@ pub type NativeLanes = Portable;
 
 /// A `[rows, depth]` weight matrix regrouped as blocks of [`TILE_ROWS`] rows, depth-major inside
 /// a block (`[block][depth][TILE_ROWS]`), the last block padded with zeros: each step of the tile
-/// kernel reads its 4 weights from one 16-byte run.
-pub struct PackedWeights {
+/// kernel reads its 4 weights from one 16-byte run. Packed once when a model loads
+/// ([`PackedWeights::pack`]) and borrowed by every inference ([`PackedWeights::from_packed`]).
+pub struct PackedWeights<'a> {
     rows: usize,
     depth: usize,
-    values: Vec<f32>,
+    values: Cow<'a, [f32]>,
 }
 
-impl PackedWeights {
+impl<'a> PackedWeights<'a> {
+    /// Packs row-major `weight` for this call only.
+    pub fn new(weight: &[f32], rows: usize, depth: usize) -> Self {
+        Self {
+            rows,
+            depth,
+            values: Cow::Owned(Self::pack(weight, rows, depth)),
+        }
+    }
+
+    /// Values already in the packed layout, from [`Self::pack`].
+    ///
+    /// # Panics
+    /// When `packed` is not [`Self::packed_len`] long (a programming error).
+    pub fn from_packed(packed: &'a [f32], rows: usize, depth: usize) -> Self {
+        assert_eq!(packed.len(), Self::packed_len(rows, depth));
+        Self {
+            rows,
+            depth,
+            values: Cow::Borrowed(packed),
+        }
+    }
+
+    /// Values in a packed `[rows, depth]` matrix, its last block padded.
+    pub fn packed_len(rows: usize, depth: usize) -> usize {
+        rows.div_ceil(TILE_ROWS) * depth * TILE_ROWS
+    }
+
+    /// Row-major `weight` `[rows, depth]` in the packed layout.
+    ///
     /// # Panics
     /// When `weight` is not `rows * depth` long (a programming error).
-    pub fn new(weight: &[f32], rows: usize, depth: usize) -> Self {
+    pub fn pack(weight: &[f32], rows: usize, depth: usize) -> Vec<f32> {
         assert_eq!(weight.len(), rows * depth);
-        let mut values = vec![0.0; rows.div_ceil(TILE_ROWS) * depth * TILE_ROWS];
+        let mut values = vec![0.0; Self::packed_len(rows, depth)];
         for (r, row) in weight.chunks_exact(depth.max(1)).enumerate() {
             let block = &mut values[r / TILE_ROWS * depth * TILE_ROWS..][..depth * TILE_ROWS];
             for (d, &w) in row.iter().enumerate() {
                 block[d * TILE_ROWS + r % TILE_ROWS] = w;
             }
         }
-        Self {
-            rows,
-            depth,
-            values,
-        }
+        values
+    }
+
+    /// `(rows, depth)`.
+    pub fn shape(&self) -> (usize, usize) {
+        (self.rows, self.depth)
     }
 
     fn block(&self, b: usize) -> &[f32] {
@@ -216,7 +249,7 @@ impl Destination<'_> {
 /// `rhs` holds `depth` rows of `len` values `rhs_stride` apart; `to` holds (and, with a residual,
 /// reads) `rows` rows of `len` values `to.stride` apart.
 pub unsafe fn multiply<L: Lanes>(
-    weight: &PackedWeights,
+    weight: &PackedWeights<'_>,
     rhs: *const f32,
     rhs_stride: usize,
     len: usize,

@@ -6,6 +6,7 @@
 
 mod conv;
 mod microkernel;
+mod ops;
 mod pool;
 #[cfg(test)]
 mod tests;
@@ -13,43 +14,48 @@ mod winograd;
 
 use std::borrow::Cow;
 
-use burn::backend::{Backend, Dispatch, Flex, backend_extension, tensor::FloatTensor};
-use burn::tensor::{Tensor, TensorData};
+use burn::backend::{Backend, Flex, backend_extension, tensor::FloatTensor};
+use burn::tensor::TensorData;
 use burn_flex::FlexTensor;
 
-pub use conv::{ConvGeometry, Epilogue, Product, conv2d, conv2d_with};
+pub use conv::{ConvGeometry, Epilogue, Product, Weights, conv2d_prepared, conv2d_with};
+pub use ops::{PreparedConv, max_pool};
 pub use pool::{max_pool_3x3_s2, pooled_size};
-pub use winograd::{WinogradGeometry, conv3x3_with, transform_filters};
+pub use winograd::{
+    WinogradGeometry, conv3x3_prepared, conv3x3_with, prepare_filters, prepared_filters,
+    transform_filters,
+};
+
+/// A square convolution's `(kernel, stride, padding)`.
+pub type ConvShape = (usize, usize, usize);
 
 /// The operations this project adds to burn's CPU backend.
 #[backend_extension(Flex)]
 pub trait CpuKernels: Backend {
-    /// Square convolution, padding `padding`, plus a bias per output channel, then ReLU if
-    /// `relu`. `weight` is `[out, in, k, k]`.
+    /// Square convolution plus a bias per output channel, then ReLU if `relu`. `weights` is
+    /// the `[out, in * k * k]` matrix as [`Weights::prepare`] left it for [`Product::DEFAULT`].
     fn conv_bias(
         x: FloatTensor<Self>,
-        weight: FloatTensor<Self>,
+        weights: FloatTensor<Self>,
         bias: FloatTensor<Self>,
-        stride: usize,
-        padding: usize,
+        shape: ConvShape,
         relu: bool,
     ) -> FloatTensor<Self>;
 
     /// `relu(conv(x) + bias + residual)`: the end of a residual block in one pass.
     fn conv_bias_add_relu(
         x: FloatTensor<Self>,
-        weight: FloatTensor<Self>,
+        weights: FloatTensor<Self>,
         bias: FloatTensor<Self>,
         residual: FloatTensor<Self>,
-        stride: usize,
-        padding: usize,
+        shape: ConvShape,
     ) -> FloatTensor<Self>;
 
     /// 3x3 max pool, stride 2, padding 1, on `[b, c, h, w]`.
     fn max_pool_3x3_s2(x: FloatTensor<Self>) -> FloatTensor<Self>;
 
     /// 3x3 stride-1 padding-1 convolution by Winograd F(2x2, 3x3), plus bias, then ReLU if
-    /// `relu`. `filters` is `[16, out, in]` from [`transform_filters`].
+    /// `relu`. `filters` is [`prepare_filters`]' result for [`Product::DEFAULT`].
     fn winograd_bias(
         x: FloatTensor<Self>,
         filters: FloatTensor<Self>,
@@ -69,24 +75,22 @@ pub trait CpuKernels: Backend {
 impl CpuKernels for Flex {
     fn conv_bias(
         x: FlexTensor,
-        weight: FlexTensor,
+        weights: FlexTensor,
         bias: FlexTensor,
-        stride: usize,
-        padding: usize,
+        shape: ConvShape,
         relu: bool,
     ) -> FlexTensor {
-        run_conv(x, weight, bias, None, stride, padding, relu)
+        run_conv(x, weights, bias, None, shape, relu)
     }
 
     fn conv_bias_add_relu(
         x: FlexTensor,
-        weight: FlexTensor,
+        weights: FlexTensor,
         bias: FlexTensor,
         residual: FlexTensor,
-        stride: usize,
-        padding: usize,
+        shape: ConvShape,
     ) -> FlexTensor {
-        run_conv(x, weight, bias, Some(residual), stride, padding, true)
+        run_conv(x, weights, bias, Some(residual), shape, true)
     }
 
     fn max_pool_3x3_s2(x: FlexTensor) -> FlexTensor {
@@ -123,7 +127,7 @@ fn run_winograd(
     relu: bool,
 ) -> FlexTensor {
     let [batch, in_channels, height, width] = dims4(&x);
-    let out_channels = filters.layout().shape()[1];
+    let out_channels = bias.layout().shape().num_elements();
     let geometry = WinogradGeometry {
         batch,
         in_channels,
@@ -131,23 +135,24 @@ fn run_winograd(
         height,
         width,
     };
+    let filters = values(&filters);
+    let filters = prepared_filters(&filters, out_channels, in_channels, Product::DEFAULT);
     let out = with_epilogue(&bias, residual.as_ref(), relu, |epilogue| {
-        winograd::conv3x3(&values(&x), geometry, &values(&filters), epilogue)
+        conv3x3_prepared(&values(&x), geometry, &filters, epilogue)
     });
     flex_tensor(out, [batch, out_channels, height, width])
 }
 
 fn run_conv(
     x: FlexTensor,
-    weight: FlexTensor,
+    weights: FlexTensor,
     bias: FlexTensor,
     residual: Option<FlexTensor>,
-    stride: usize,
-    padding: usize,
+    (kernel, stride, padding): ConvShape,
     relu: bool,
 ) -> FlexTensor {
     let [batch, in_channels, height, width] = dims4(&x);
-    let [out_channels, _, kernel, _] = dims4(&weight);
+    let out_channels = bias.layout().shape().num_elements();
     let geometry = ConvGeometry {
         batch,
         in_channels,
@@ -158,8 +163,11 @@ fn run_conv(
         stride,
         padding,
     };
+    let weights = values(&weights);
+    let (rows, depth) = (out_channels, geometry.patch_len());
+    let weights = Weights::prepared(&weights, rows, depth, Product::DEFAULT);
     let out = with_epilogue(&bias, residual.as_ref(), relu, |epilogue| {
-        conv2d(&values(&x), geometry, &values(&weight), epilogue)
+        conv2d_prepared(&values(&x), geometry, &weights, epilogue)
     });
     let (oh, ow) = (geometry.out_height(), geometry.out_width());
     flex_tensor(out, [batch, out_channels, oh, ow])
@@ -203,85 +211,4 @@ fn values(t: &FlexTensor) -> Cow<'_, [f32]> {
 
 fn flex_tensor(values: Vec<f32>, shape: [usize; 4]) -> FlexTensor {
     FlexTensor::from_data(TensorData::new(values, shape))
-}
-
-/// [`CpuKernels::conv_bias`] on burn tensors (CPU device only).
-pub fn conv_bias(
-    x: Tensor<4>,
-    weight: Tensor<4>,
-    bias: Tensor<1>,
-    stride: usize,
-    padding: usize,
-    relu: bool,
-) -> Tensor<4> {
-    Tensor::from_dispatch(<Dispatch as CpuKernels>::conv_bias(
-        x.into_dispatch(),
-        weight.into_dispatch(),
-        bias.into_dispatch(),
-        stride,
-        padding,
-        relu,
-    ))
-}
-
-/// [`CpuKernels::conv_bias_add_relu`] on burn tensors (CPU device only).
-pub fn conv_bias_add_relu(
-    x: Tensor<4>,
-    weight: Tensor<4>,
-    bias: Tensor<1>,
-    residual: Tensor<4>,
-    stride: usize,
-    padding: usize,
-) -> Tensor<4> {
-    Tensor::from_dispatch(<Dispatch as CpuKernels>::conv_bias_add_relu(
-        x.into_dispatch(),
-        weight.into_dispatch(),
-        bias.into_dispatch(),
-        residual.into_dispatch(),
-        stride,
-        padding,
-    ))
-}
-
-/// [`CpuKernels::max_pool_3x3_s2`] on a burn tensor (CPU device only).
-pub fn max_pool(x: Tensor<4>) -> Tensor<4> {
-    Tensor::from_dispatch(<Dispatch as CpuKernels>::max_pool_3x3_s2(x.into_dispatch()))
-}
-
-/// [`CpuKernels::winograd_bias`] on burn tensors (CPU device only).
-pub fn winograd_bias(x: Tensor<4>, filters: Tensor<3>, bias: Tensor<1>, relu: bool) -> Tensor<4> {
-    Tensor::from_dispatch(<Dispatch as CpuKernels>::winograd_bias(
-        x.into_dispatch(),
-        filters.into_dispatch(),
-        bias.into_dispatch(),
-        relu,
-    ))
-}
-
-/// [`CpuKernels::winograd_bias_add_relu`] on burn tensors (CPU device only).
-pub fn winograd_bias_add_relu(
-    x: Tensor<4>,
-    filters: Tensor<3>,
-    bias: Tensor<1>,
-    residual: Tensor<4>,
-) -> Tensor<4> {
-    Tensor::from_dispatch(<Dispatch as CpuKernels>::winograd_bias_add_relu(
-        x.into_dispatch(),
-        filters.into_dispatch(),
-        bias.into_dispatch(),
-        residual.into_dispatch(),
-    ))
-}
-
-/// [`transform_filters`] on a burn weight tensor `[out, in, 3, 3]` → `[16, out, in]`.
-pub fn winograd_filters(weight: Tensor<4>) -> Tensor<3> {
-    let [out, input, _, _] = weight.dims();
-    let device = weight.device();
-    let values = weight
-        .into_data()
-        .convert::<f32>()
-        .try_into_vec::<f32>()
-        .expect("converted to f32");
-    let transformed = transform_filters(&values, out, input);
-    Tensor::from_data(TensorData::new(transformed, [16, out, input]), &device)
 }

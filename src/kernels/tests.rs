@@ -6,7 +6,7 @@ use burn::nn::pool::MaxPool2dConfig;
 use burn::nn::{PaddingConfig2d, Relu};
 use burn::tensor::{Device, Distribution, Tensor};
 
-use super::{conv_bias, conv_bias_add_relu, max_pool};
+use super::{PreparedConv, max_pool};
 
 const TOLERANCE: f32 = 1e-5;
 
@@ -56,14 +56,8 @@ fn fused_convolution_matches_burns_conv_bias_and_relu() {
             } else {
                 reference
             };
-            let ours = conv_bias(
-                x.clone(),
-                conv.weight.val(),
-                bias.clone(),
-                stride,
-                k / 2,
-                relu,
-            );
+            let prepared = PreparedConv::new(conv.weight.val(), bias.clone(), stride, k / 2, false);
+            let ours = prepared.forward(x.clone(), relu);
             let diff = relative_difference(ours, reference);
             assert!(
                 diff < TOLERANCE,
@@ -84,7 +78,8 @@ fn fused_residual_matches_burns_conv_plus_add_and_relu() {
         let reference = conv.forward(x.clone());
         let residual = random(reference.dims(), &device);
         let reference = Relu::new().forward(reference + residual.clone());
-        let ours = conv_bias_add_relu(x, conv.weight.val(), bias, residual, stride, k / 2);
+        let prepared = PreparedConv::new(conv.weight.val(), bias, stride, k / 2, false);
+        let ours = prepared.forward_add_relu(x, residual);
         let diff = relative_difference(ours, reference);
         assert!(
             diff < TOLERANCE,
@@ -124,13 +119,12 @@ fn a_non_contiguous_input_gives_the_same_result() {
     // A transposed view: burn-flex keeps it strided until something needs it contiguous.
     let x = random([1, 3, 9, 6], &device).swap_dims(2, 3);
     let reference = conv.forward(x.clone());
-    let ours = conv_bias(x, conv.weight.val(), bias, 1, 1, false);
+    let ours = PreparedConv::new(conv.weight.val(), bias, 1, 1, false).forward(x, false);
     assert!(relative_difference(ours, reference) < TOLERANCE);
 }
 
 #[test]
 fn winograd_matches_burns_3x3_convolution() {
-    use super::{winograd_bias, winograd_bias_add_relu, winograd_filters};
     let device = Device::flex();
     device.seed(17);
     for (batch, cin, cout, h, w) in [
@@ -141,15 +135,16 @@ fn winograd_matches_burns_3x3_convolution() {
     ] {
         let conv = reference_conv(cin, cout, 3, 1, &device);
         let bias = conv.bias.as_ref().expect("bias by default").val();
-        let filters = winograd_filters(conv.weight.val());
+        let prepared = PreparedConv::new(conv.weight.val(), bias, 1, 1, true);
+        assert!(prepared.uses_winograd());
         let x = random([batch, cin, h, w], &device);
         let reference = conv.forward(x.clone());
-        let ours = winograd_bias(x.clone(), filters.clone(), bias.clone(), false);
+        let ours = prepared.forward(x.clone(), false);
         let diff = relative_difference(ours, reference.clone());
         assert!(diff < TOLERANCE, "{batch}x{cin}x{h}x{w}: {diff}");
         let residual = random(reference.dims(), &device);
         let reference = Relu::new().forward(reference + residual.clone());
-        let ours = winograd_bias_add_relu(x, filters, bias, residual);
+        let ours = prepared.forward_add_relu(x, residual);
         let diff = relative_difference(ours, reference);
         assert!(
             diff < TOLERANCE,
@@ -250,5 +245,57 @@ fn winograd_segments_match_the_direct_convolution_with_both_products() {
                 assert!(diff / scale < TOLERANCE, "{g:?} {product:?}: {diff}");
             }
         }
+    }
+}
+
+/// Weights prepared once (as a loaded model holds them) give exactly what weights prepared on
+/// each call give, with both products, direct and Winograd; 9 output channels leave a partial
+/// block of packed rows.
+#[test]
+fn weights_prepared_once_give_the_same_output_as_weights_prepared_per_call() {
+    use super::{
+        ConvGeometry, Epilogue, Product, Weights, WinogradGeometry, conv2d_prepared, conv2d_with,
+        conv3x3_prepared, conv3x3_with, prepare_filters, prepared_filters, transform_filters,
+    };
+    let mut rng = crate::rng::Rng::new(31);
+    let mut random = |n: usize| (0..n).map(|_| rng.normal()).collect::<Vec<f32>>();
+    let (batch, cin, cout, h, w) = (2, 6, 9, 11, 10);
+    let g = ConvGeometry {
+        batch,
+        in_channels: cin,
+        height: h,
+        width: w,
+        out_channels: cout,
+        kernel: 3,
+        stride: 1,
+        padding: 1,
+    };
+    let wg = WinogradGeometry {
+        batch,
+        in_channels: cin,
+        out_channels: cout,
+        height: h,
+        width: w,
+    };
+    let (input, weight, bias) = (
+        random(batch * cin * h * w),
+        random(cout * cin * 9),
+        random(cout),
+    );
+    let epilogue = Epilogue {
+        bias: &bias,
+        residual: None,
+        relu: true,
+    };
+    let transformed = transform_filters(&weight, cout, cin);
+    for product in [Product::Gemm, Product::Tiles] {
+        let prepared = Weights::prepare(&weight, cout, g.patch_len(), product);
+        let weights = Weights::prepared(&prepared, cout, g.patch_len(), product);
+        let per_call = conv2d_with(&input, g, &weight, epilogue, product);
+        assert_eq!(conv2d_prepared(&input, g, &weights, epilogue), per_call);
+        let prepared = prepare_filters(&weight, cout, cin, product);
+        let filters = prepared_filters(&prepared, cout, cin, product);
+        let per_call = conv3x3_with(&input, wg, &transformed, epilogue, product);
+        assert_eq!(conv3x3_prepared(&input, wg, &filters, epilogue), per_call);
     }
 }

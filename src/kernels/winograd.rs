@@ -71,20 +71,8 @@ impl WinogradGeometry {
     }
 }
 
-/// `input` `[batch, in, h, w]`, `filters` from [`transform_filters`] → `[batch, out, h, w]`.
-pub fn conv3x3(
-    input: &[f32],
-    g: WinogradGeometry,
-    filters: &[f32],
-    epilogue: Epilogue<'_>,
-) -> Vec<f32> {
-    conv3x3_with(input, g, filters, epilogue, Product::DEFAULT)
-}
-
-/// [`conv3x3`] with the product chosen by the caller (the tests run both).
-///
-/// # Panics
-/// When a slice's length does not match `g` (a programming error, not user input).
+/// `input` `[batch, in, h, w]`, `filters` from [`transform_filters`] → `[batch, out, h, w]`,
+/// with the product chosen by the caller (the tests run both).
 pub fn conv3x3_with(
     input: &[f32],
     g: WinogradGeometry,
@@ -92,16 +80,69 @@ pub fn conv3x3_with(
     epilogue: Epilogue<'_>,
     product: Product,
 ) -> Vec<f32> {
-    let pixels = g.height * g.width;
-    let out_len = g.batch * g.out_channels * pixels;
-    assert_eq!(input.len(), g.batch * g.in_channels * pixels);
-    assert_eq!(filters.len(), POSITIONS * g.out_channels * g.in_channels);
-    epilogue.check(g.out_channels, out_len);
     let plane = g.out_channels * g.in_channels;
+    assert_eq!(filters.len(), POSITIONS * plane);
     let weights: Vec<Weights<'_>> = filters
         .chunks_exact(plane.max(1))
         .map(|f| Weights::new(f, g.out_channels, g.in_channels, product))
         .collect();
+    conv3x3_prepared(input, g, &weights, epilogue)
+}
+
+/// A 3x3 weight `[out, in, 3, 3]` transformed ([`transform_filters`]) and its 16 matrices put in
+/// the layout `product` reads, one after the other: prepared once, when a model loads, then
+/// borrowed by [`prepared_filters`].
+pub fn prepare_filters(
+    weight: &[f32],
+    out_channels: usize,
+    in_channels: usize,
+    product: Product,
+) -> Vec<f32> {
+    let plane = out_channels * in_channels;
+    transform_filters(weight, out_channels, in_channels)
+        .chunks_exact(plane.max(1))
+        .flat_map(|f| Weights::prepare(f, out_channels, in_channels, product))
+        .collect()
+}
+
+/// The 16 matrices of [`prepare_filters`]' result, borrowed.
+///
+/// # Panics
+/// When `values` does not hold 16 prepared `[out, in]` matrices (a programming error).
+pub fn prepared_filters(
+    values: &[f32],
+    out_channels: usize,
+    in_channels: usize,
+    product: Product,
+) -> Vec<Weights<'_>> {
+    let len = Weights::prepared_len(out_channels, in_channels, product);
+    assert_eq!(values.len(), POSITIONS * len);
+    values
+        .chunks_exact(len.max(1))
+        .map(|f| Weights::prepared(f, out_channels, in_channels, product))
+        .collect()
+}
+
+/// [`conv3x3_with`] with the 16 filter matrices already in the product's layout.
+///
+/// # Panics
+/// When a slice's length does not match `g` (a programming error, not user input).
+pub fn conv3x3_prepared(
+    input: &[f32],
+    g: WinogradGeometry,
+    filters: &[Weights<'_>],
+    epilogue: Epilogue<'_>,
+) -> Vec<f32> {
+    let pixels = g.height * g.width;
+    let out_len = g.batch * g.out_channels * pixels;
+    assert_eq!(input.len(), g.batch * g.in_channels * pixels);
+    assert_eq!(filters.len(), POSITIONS);
+    assert!(
+        filters
+            .iter()
+            .all(|f| f.shape() == (g.out_channels, g.in_channels))
+    );
+    epilogue.check(g.out_channels, out_len);
     let (th, _) = g.tiles();
     run_segments(
         g.batch,
@@ -110,7 +151,7 @@ pub fn conv3x3_with(
         out_len,
         |b, tile_rows, out| {
             // SAFETY: each segment writes only the output rows of its own tile rows of image `b`.
-            unsafe { segment(input, g, &weights, epilogue, b, tile_rows, out) };
+            unsafe { segment(input, g, filters, epilogue, b, tile_rows, out) };
         },
     )
 }

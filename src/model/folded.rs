@@ -1,7 +1,8 @@
 //! The network prepared for inference on the CPU: every BatchNorm folded into the convolution
 //! before it (weights scaled per output channel, plus a bias), and the layers run by the
 //! project's fused kernels (`crate::kernels`): one pass per convolution, bias, residual and
-//! ReLU included, instead of a convolution and four or five element-wise passes.
+//! ReLU included, instead of a convolution and four or five element-wise passes. The weights are
+//! put in the kernels' layout here, once, not on every inference.
 
 use burn::nn::BatchNorm;
 use burn::nn::conv::Conv2d;
@@ -9,7 +10,7 @@ use burn::tensor::Tensor;
 
 use super::ResNet;
 use super::blocks::BasicBlock;
-use crate::kernels;
+use crate::kernels::{self, PreparedConv};
 
 /// The 3x3 stride-1 convolutions with at least this many input channels use Winograd F(2x2,
 /// 3x3) by default. Measured in wasm on the x0.25 network (one thread): Winograd takes 0.66-0.82
@@ -17,80 +18,35 @@ use crate::kernels;
 /// cost as much as the products they save.
 pub const WINOGRAD_MIN_CHANNELS: Option<usize> = Some(32);
 
-/// A convolution with the BatchNorm after it folded in.
-#[derive(Debug, Clone)]
-struct FoldedConv {
-    weight: Tensor<4>,
-    bias: Tensor<1>,
-    stride: usize,
-    padding: usize,
-    /// The Winograd-transformed filters `[16, out, in]` of a 3x3 stride-1 convolution, when
-    /// Winograd is used.
-    winograd: Option<Tensor<3>>,
-}
-
-impl FoldedConv {
-    /// `bn(conv(x)) = conv(x) * s + (beta - mean * s)` with `s = gamma / sqrt(var + eps)` per
-    /// output channel, so `s` goes into the weights. Every convolution here is square, without
-    /// bias, with padding `k / 2`.
-    fn new(conv: &Conv2d, bn: &BatchNorm, winograd: Option<usize>) -> Self {
-        let [out, input, k, _] = conv.weight.dims();
-        let scale = bn.gamma.val() / (bn.running_var.value() + bn.epsilon).sqrt();
-        let weight = conv.weight.val() * scale.clone().reshape([out, 1, 1, 1]);
-        let bias = bn.beta.val() - bn.running_mean.value() * scale;
-        let stride = conv.stride[0];
-        let winograd = winograd
-            .is_some_and(|min| k == 3 && stride == 1 && input >= min)
-            .then(|| kernels::winograd_filters(weight.clone()));
-        Self {
-            weight,
-            bias,
-            stride,
-            padding: k / 2,
-            winograd,
-        }
-    }
-
-    fn forward(&self, x: Tensor<4>, relu: bool) -> Tensor<4> {
-        let bias = self.bias.clone();
-        match &self.winograd {
-            Some(filters) => kernels::winograd_bias(x, filters.clone(), bias, relu),
-            None => {
-                let weight = self.weight.clone();
-                kernels::conv_bias(x, weight, bias, self.stride, self.padding, relu)
-            }
-        }
-    }
-
-    fn forward_add_relu(&self, x: Tensor<4>, residual: Tensor<4>) -> Tensor<4> {
-        let bias = self.bias.clone();
-        match &self.winograd {
-            Some(filters) => kernels::winograd_bias_add_relu(x, filters.clone(), bias, residual),
-            None => {
-                let (weight, (stride, padding)) =
-                    (self.weight.clone(), (self.stride, self.padding));
-                kernels::conv_bias_add_relu(x, weight, bias, residual, stride, padding)
-            }
-        }
-    }
+/// `conv` with the BatchNorm after it folded in, prepared for the fused kernels:
+/// `bn(conv(x)) = conv(x) * s + (beta - mean * s)` with `s = gamma / sqrt(var + eps)` per output
+/// channel, so `s` goes into the weights. Every convolution here is square, without bias, with
+/// padding `k / 2`; the 3x3 stride-1 ones with at least `winograd` input channels use Winograd.
+fn fold(conv: &Conv2d, bn: &BatchNorm, winograd: Option<usize>) -> PreparedConv {
+    let [out, input, k, _] = conv.weight.dims();
+    let scale = bn.gamma.val() / (bn.running_var.value() + bn.epsilon).sqrt();
+    let weight = conv.weight.val() * scale.clone().reshape([out, 1, 1, 1]);
+    let bias = bn.beta.val() - bn.running_mean.value() * scale;
+    let winograd = winograd.is_some_and(|min| input >= min);
+    PreparedConv::new(weight, bias, conv.stride[0], k / 2, winograd)
 }
 
 #[derive(Debug, Clone)]
 struct FoldedBlock {
-    conv1: FoldedConv,
-    conv2: FoldedConv,
-    downsample: Option<FoldedConv>,
+    conv1: PreparedConv,
+    conv2: PreparedConv,
+    downsample: Option<PreparedConv>,
 }
 
 impl FoldedBlock {
     fn new(block: &BasicBlock, winograd: Option<usize>) -> Self {
         Self {
-            conv1: FoldedConv::new(&block.conv1, &block.bn1, winograd),
-            conv2: FoldedConv::new(&block.conv2, &block.bn2, winograd),
+            conv1: fold(&block.conv1, &block.bn1, winograd),
+            conv2: fold(&block.conv2, &block.bn2, winograd),
             downsample: block
                 .downsample
                 .as_ref()
-                .map(|d| FoldedConv::new(&d.conv, &d.bn, winograd)),
+                .map(|d| fold(&d.conv, &d.bn, winograd)),
         }
     }
 
@@ -108,7 +64,7 @@ impl FoldedBlock {
 /// pooling, head and CAM stay the `ResNet`'s).
 #[derive(Debug, Clone)]
 pub struct FoldedFeatures {
-    stem: FoldedConv,
+    stem: PreparedConv,
     blocks: Vec<FoldedBlock>,
 }
 
@@ -123,7 +79,7 @@ impl FoldedFeatures {
     /// `min_channels` input channels (`Some(0)`: all), none with `None` (benchmarks compare them).
     pub fn with_winograd(model: &ResNet, min_channels: Option<usize>) -> Self {
         Self {
-            stem: FoldedConv::new(&model.conv1, &model.bn1, None),
+            stem: fold(&model.conv1, &model.bn1, None),
             blocks: model
                 .stages
                 .iter()
