@@ -52,42 +52,62 @@ ensure_chromium() {
   fi
 }
 
+# One flavour of the wasm: build with RUSTFLAGS $3 in cargo profile $2, generate the JS glue into
+# folder $4, then wasm-opt with the extra feature flags $5 (cached per input, as it takes minutes).
+build_wasm_flavour() {
+  local name=$1 profile=$2 features=$3 out=$4 opt_flags=$5
+  log "building the wasm crate ($name: $features)"
+  CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUSTFLAGS="-C target-feature=$features" \
+    cargo build --lib --locked --target "$WASM_TARGET" --profile "$profile" --features wgpu
+  rm -rf "$out"
+  wasm-bindgen --target web --no-typescript --out-dir "$out" \
+    "$CARGO_TARGET_DIR/$WASM_TARGET/$profile/cxr.wasm"
+  local key cached
+  key=$( (sha256sum "$out/cxr_bg.wasm"; node_modules/.bin/wasm-opt --version; echo "$opt_flags") | sha256sum | cut -c1-32)
+  cached="$CARGO_TARGET_DIR/wasm-opt-cache/$key.wasm"
+  if [ -f "$cached" ]; then
+    log "optimised wasm ($name) unchanged (wasm-opt output reused)"
+    cp "$cached" "$out/cxr_bg.wasm"
+  else
+    log "optimising the wasm ($name; wasm-opt -Oz)"
+    # shellcheck disable=SC2086 # $opt_flags is a list of flags
+    node_modules/.bin/wasm-opt -Oz --enable-simd --enable-bulk-memory --enable-sign-ext \
+      --enable-mutable-globals --enable-nontrapping-float-to-int --enable-reference-types \
+      --enable-multivalue $opt_flags "$out/cxr_bg.wasm" -o "$out/cxr_bg.wasm"
+    mkdir -p "$(dirname "$cached")"
+    find "$(dirname "$cached")" -name '*.wasm' -mtime +7 -delete
+    cp "$out/cxr_bg.wasm" "$cached"
+  fi
+}
+
 build() {
   ensure_wasm_tools
   ensure_npm
-  log "building the wasm crate (release)"
-  # simd128 speeds up the CPU backend in the browser; every current browser has it.
-  CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUSTFLAGS="-C target-feature=+simd128" \
-    cargo build --lib --locked --target "$WASM_TARGET" --profile wasm-release --features wgpu
   rm -rf "$DIST"
-  mkdir -p "$DIST/pkg"
-  wasm-bindgen --target web --no-typescript --out-dir "$DIST/pkg" \
-    "$CARGO_TARGET_DIR/$WASM_TARGET/wasm-release/cxr.wasm"
-  # wasm-opt takes minutes: keep its output per input (in the target folder) and reuse it.
-  local key cached
-  key=$( (sha256sum "$DIST/pkg/cxr_bg.wasm"; node_modules/.bin/wasm-opt --version) | sha256sum | cut -c1-32)
-  cached="$CARGO_TARGET_DIR/wasm-opt-cache/$key.wasm"
-  if [ -f "$cached" ]; then
-    log "optimised wasm unchanged (wasm-opt output reused)"
-    cp "$cached" "$DIST/pkg/cxr_bg.wasm"
-  else
-    log "optimising the wasm (wasm-opt -Oz)"
-    node_modules/.bin/wasm-opt -Oz --enable-simd --enable-bulk-memory --enable-sign-ext \
-      --enable-mutable-globals --enable-nontrapping-float-to-int --enable-reference-types \
-      --enable-multivalue "$DIST/pkg/cxr_bg.wasm" -o "$DIST/pkg/cxr_bg.wasm"
-    mkdir -p "$(dirname "$cached")"
-    find "$(dirname "$cached")" -name '*.wasm' -mtime +7 -delete
-    cp "$DIST/pkg/cxr_bg.wasm" "$cached"
+  mkdir -p "$DIST"
+  # Two builds of the same crate: simd128 (every current browser), and simd128 plus relaxed SIMD,
+  # whose fused multiply-add makes the kernels' inner loop faster where the browser has it (the
+  # worker picks one: www/wasm-flavour.js). Separate cargo profiles keep both builds cached.
+  build_wasm_flavour simd128 wasm-release "+simd128" "$DIST/pkg" ""
+  local relaxed="$CARGO_TARGET_DIR/wasm-relaxed-pkg"
+  build_wasm_flavour "relaxed SIMD" wasm-relaxed "+simd128,+relaxed-simd" "$relaxed" "--enable-relaxed-simd"
+  # One JS glue serves both: it must not depend on the flavour.
+  if ! cmp -s "$DIST/pkg/cxr.js" "$relaxed/cxr.js"; then
+    echo "the two wasm flavours got different JS glue from wasm-bindgen" >&2
+    return 1
   fi
+  cp "$relaxed/cxr_bg.wasm" "$DIST/pkg/cxr_relaxed_bg.wasm"
   cp -r www/. "$DIST/"
   # The service worker's cache name changes with every build, so a new build replaces the old cache.
   local stamp
   stamp=$(cd "$DIST" && find . -type f ! -name sw.js -print0 | sort -z | xargs -0 sha256sum | sha256sum | cut -c1-16)
   sed -i "s/__BUILD__/$stamp/" "$DIST/sw.js"
-  local raw br
-  raw=$(stat -c %s "$DIST/pkg/cxr_bg.wasm")
-  br=$(node -e "const z=require('zlib');process.stdout.write(String(z.brotliCompressSync(require('fs').readFileSync(process.argv[1])).length))" "$DIST/pkg/cxr_bg.wasm")
-  log "dist/ ready: cxr_bg.wasm $raw bytes ($br bytes brotli)"
+  local file raw br
+  for file in cxr_bg.wasm cxr_relaxed_bg.wasm; do
+    raw=$(stat -c %s "$DIST/pkg/$file")
+    br=$(node -e "const z=require('zlib');process.stdout.write(String(z.brotliCompressSync(require('fs').readFileSync(process.argv[1])).length))" "$DIST/pkg/$file")
+    log "dist/ ready: $file $raw bytes ($br bytes brotli)"
+  done
 }
 
 serve() {

@@ -26,6 +26,7 @@ for (const f of ORT_FILES) fs.copyFileSync(path.join(ortDist, f), path.join(site
 fs.copyFileSync(path.join(out, 'model.onnx'), path.join(site, 'model.onnx'));
 fs.copyFileSync(path.join(out, 'interop/input.bin'), path.join(site, 'input.bin'));
 fs.copyFileSync(path.join(here, 'compare.html'), path.join(site, 'index.html'));
+fs.copyFileSync(path.join(root, 'www/wasm-flavour.js'), path.join(site, 'wasm-flavour.js'));
 // BASELINE=DIR: an earlier build's dist/pkg in DIR/pkg, measured beside ours for before/after.
 const baseline = process.env.BASELINE ? path.resolve(process.env.BASELINE, 'pkg') : null;
 if (baseline) fs.cpSync(baseline, path.join(site, 'base'), { recursive: true });
@@ -35,7 +36,9 @@ const size = (files) => {
   return { raw: bytes.reduce((n, b) => n + b.length, 0), brotli: bytes.reduce((n, b) => n + zlib.brotliCompressSync(b).length, 0) };
 };
 const bundles = {
-  ours: size([path.join(site, 'pkg/cxr.js'), path.join(site, 'pkg/cxr_bg.wasm')]),
+  // What a browser downloads: the glue and one of the two wasm builds (relaxed SIMD where it can).
+  ours: size([path.join(site, 'pkg/cxr.js'), path.join(site, 'pkg/cxr_relaxed_bg.wasm')]),
+  ours_simd128: size([path.join(site, 'pkg/cxr.js'), path.join(site, 'pkg/cxr_bg.wasm')]),
   ort_runtime: size(ORT_FILES.map((f) => path.join(site, 'ort', f))),
   ort_model: size([path.join(site, 'model.onnx')]),
 };
@@ -68,6 +71,7 @@ const { context, page } = await fresh();
 await page.evaluate(() => window.coldOurs('cpu'));
 await page.evaluate(() => window.coldOrt('wasm'));
 if (baseline && !(await page.evaluate(() => window.initBase()))) throw new Error(`baseline ${baseline} did not load`);
+await page.evaluate(() => window.initPlain());
 const warm = await page.evaluate((n) => window.alternate(n), RUNS);
 const userAgent = await page.evaluate(() => navigator.userAgent);
 await context.close();

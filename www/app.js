@@ -27,9 +27,10 @@ function onMessage(event) {
   if (msg.type === 'ready') {
     sampleName = msg.info.reference ? msg.info.reference.sample : 'sample.png';
     modelInfo = msg.info;
-    $('backend').textContent = fallbackNote || msg.note;
+    $('backend').textContent = `${fallbackNote || msg.note} (${msg.wasm.name})`;
     modelReady = true;
     document.body.dataset.backend = msg.backend;
+    document.body.dataset.wasm = msg.wasm.id;
     document.body.dataset.state = 'ready';
     $('sample').disabled = false;
     setStatus(msg.selfTest.ok ? 'Model ready.' : 'Model ready, but its self-test failed: results may be wrong.');
@@ -81,7 +82,7 @@ function startWorker(backend, note = null) {
     if (!modelReady) startFailed(e.message || 'the worker crashed');
     else restartAfterCrash(`the model worker failed (${e.message || 'unknown error'}) and was restarted`);
   };
-  worker.postMessage({ type: 'init', backend });
+  worker.postMessage({ type: 'init', backend, simd: params.get('simd') });
 }
 startWorker(params.get('backend') || 'auto');
 

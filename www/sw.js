@@ -1,10 +1,13 @@
-// Offline use: on install, caches the app shell, the wasm (with the model inside) and the sample;
-// then serves them cache-first, so the page works with no network after the first visit. The
-// cache name carries a build stamp (written by build.sh), so a new build replaces the old cache.
+// Offline use: on install, caches the app shell, the wasm this browser runs (with the model
+// inside; only that one of the two builds, see wasm-flavour.js) and the sample; then serves them
+// cache-first, and caches whatever else of the site it fetches (the other build, with
+// `?simd=plain`), so the page works with no network after the first visit. The cache name
+// carries a build stamp (written by build.sh), so a new build replaces the old cache.
 // Only same-origin GET requests are looked at; the page makes no others.
+importScripts('wasm-flavour.js');
 const CACHE = 'cxr-__BUILD__';
-const FILES = ['./', 'index.html', 'app.js', 'batch.js', 'validate.js', 'worker.js', 'style.css', 'sample.png', 'manifest.webmanifest',
-  'icon.svg', 'icon-192.png', 'icon-512.png', 'pkg/cxr.js', 'pkg/cxr_bg.wasm'];
+const FILES = ['./', 'index.html', 'app.js', 'batch.js', 'validate.js', 'worker.js', 'wasm-flavour.js', 'style.css', 'sample.png',
+  'manifest.webmanifest', 'icon.svg', 'icon-192.png', 'icon-512.png', 'pkg/cxr.js', `pkg/${self.cxrWasmFlavour().file}`];
 
 self.addEventListener('install', (event) => {
   event.waitUntil(caches.open(CACHE).then((cache) => cache.addAll(FILES)).then(() => self.skipWaiting()));
@@ -20,7 +23,11 @@ self.addEventListener('fetch', (event) => {
   const url = new URL(event.request.url);
   if (event.request.method !== 'GET' || url.origin !== self.location.origin) return;
   // ignoreSearch: `?backend=cpu` is the same page.
-  event.respondWith(caches.open(CACHE)
-    .then((cache) => cache.match(event.request, { ignoreSearch: true }))
-    .then((hit) => hit || fetch(event.request)));
+  event.respondWith(caches.open(CACHE).then(async (cache) => {
+    const hit = await cache.match(event.request, { ignoreSearch: true });
+    if (hit) return hit;
+    const response = await fetch(event.request);
+    if (response.ok) cache.put(event.request, response.clone());
+    return response;
+  }));
 });

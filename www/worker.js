@@ -1,5 +1,6 @@
 // Runs the wasm model off the main thread. Thin: backend choice, self-test, message passing.
 import wasmInit, * as cxr from './pkg/cxr.js';
+import './wasm-flavour.js';
 
 const TOLERANCE = 0.05; // max |logit difference| from the logits recorded at export
 
@@ -26,8 +27,9 @@ async function selfTest(info) {
 
 let wasmExports = null;
 
-async function start(requested) {
-  wasmExports = await wasmInit();
+async function start(requested, simd) {
+  const flavour = self.cxrWasmFlavour(simd);
+  wasmExports = await wasmInit({ module_or_path: new URL(`./pkg/${flavour.file}`, import.meta.url) });
   let { backend, note } = await chooseBackend(requested);
   let info;
   try {
@@ -45,7 +47,7 @@ async function start(requested) {
     info = await cxr.init('cpu');
     test = await selfTest(info);
   }
-  return { info, backend, note, selfTest: test, card: cxr.model_card() };
+  return { info, backend, note, wasm: flavour, selfTest: test, card: cxr.model_card() };
 }
 
 // Validation mode. Which dropped files are labelled is decided in Rust (cxr::labels) from their
@@ -91,7 +93,7 @@ self.onmessage = async (event) => {
   const msg = event.data;
   try {
     if (msg.type === 'init') {
-      ready = start(msg.backend);
+      ready = start(msg.backend, msg.simd);
       self.postMessage({ type: 'ready', ...(await ready) });
     } else if (msg.type === 'classify') {
       await ready;

@@ -72,24 +72,35 @@ const REAL = ['effusion10.png', 'effusion101.png', 'normal0.png', 'normal1.png']
 test('the page loads to ready on the CPU path, with the notice, the model card and a passed self-test', async () => {
   const { page, errors } = await openPage();
   assert.match(await page.textContent('[data-testid=notice]'), /Not for clinical use/);
-  assert.match(await page.textContent('[data-testid=backend]'), /CPU/);
+  assert.match(await page.textContent('[data-testid=backend]'), /CPU.*\(wasm with relaxed SIMD\)/);
+  // Chromium has relaxed SIMD: the worker loads that build of the wasm (www/wasm-flavour.js).
+  assert.equal(await page.evaluate(() => document.body.dataset.wasm), 'relaxed-simd');
   assert.match(await page.textContent('[data-testid=model-card]'), /Validation AUC 0\.\d+/);
   assert.match(await page.textContent('[data-testid=status]'), /Model ready\./, 'self-test passed');
   assert.deepEqual(errors, []);
   await page.close();
 });
 
-test('parity: the page gives the probability of `trainer predict` on real X-rays (CPU path)', async () => {
+test('parity: the page gives the probability of `trainer predict` on real X-rays (CPU path, both wasm builds)', async () => {
   const native = nativePredictions(REAL);
-  const { page } = await openPage();
-  for (const [i, file] of REAL.entries()) {
-    await classifyFile(page, file);
-    const shown = await shownResult(page);
-    assert.equal(shown.backend, 'cpu');
-    assert.ok(Math.abs(shown.probability - native[i].probability) < 1e-3, `${file}: page ${shown.probability}, native ${native[i].probability}`);
-    assert.equal(shown.label, native[i].label);
-    assert.ok(native[i].calibrated && Math.abs(native[i].probability - native[i].uncalibrated_probability) > 1e-3, 'calibrated natively');
+  // The relaxed-SIMD build (fused multiply-add) and, with ?simd=plain, the simd128 one.
+  for (const [query, wasm] of [['?simd=plain', 'simd128'], ['', 'relaxed-simd']]) {
+    const { page } = await openPage(query);
+    assert.equal(await page.evaluate(() => document.body.dataset.wasm), wasm);
+    for (const [i, file] of REAL.entries()) {
+      await classifyFile(page, file);
+      const shown = await shownResult(page);
+      assert.equal(shown.backend, 'cpu');
+      assert.ok(Math.abs(shown.probability - native[i].probability) < 1e-3, `${wasm} ${file}: page ${shown.probability}, native ${native[i].probability}`);
+      assert.equal(shown.label, native[i].label, `${wasm} ${file}`);
+      assert.ok(native[i].calibrated && Math.abs(native[i].probability - native[i].uncalibrated_probability) > 1e-3, 'calibrated natively');
+    }
+    if (wasm === 'simd128') await page.close();
+    else await checkPrevalence(page);
   }
+});
+
+async function checkPrevalence(page) {
   // The prevalence field: the shown (calibrated) probability at 50 % is itself; at 10 %, Bayes' rule
   // on the odds; out of range, a message. The arithmetic is Rust's (web.rs); this checks the wiring.
   assert.match(await page.textContent('[data-testid=calibration-note]'), /where 50 % had effusion/);
@@ -104,7 +115,7 @@ test('parity: the page gives the probability of `trainer predict` on real X-rays
     else assert.ok(Math.abs(Number(value) - want) < 1e-9, `${percent} %: ${value} vs ${want}`);
   }
   await page.close();
-});
+}
 
 test('parity on the WebGPU path (?backend=webgpu, software adapter), and auto treats it as no GPU', async () => {
   const native = nativePredictions(REAL.slice(0, 3));
@@ -215,6 +226,15 @@ test('offline: after one visit the page reloads and classifies with the network 
   });
   assert.equal(manifest.display, 'standalone');
   assert.ok(manifest.icons.some((i) => i.sizes === '512x512'));
+  // Only the wasm build this browser runs was downloaded and cached, not both.
+  const cached = await page.evaluate(async () => {
+    const names = [];
+    for (const key of await caches.keys()) for (const r of await (await caches.open(key)).keys()) names.push(new URL(r.url).pathname);
+    return names;
+  });
+  assert.ok(cached.some((n) => n.endsWith('/pkg/cxr_relaxed_bg.wasm')), cached.join(' '));
+  assert.ok(!cached.some((n) => n.endsWith('/pkg/cxr_bg.wasm')), cached.join(' '));
+  assert.ok(!requests.some((u) => u.endsWith('/pkg/cxr_bg.wasm')), 'the simd128 build was not fetched');
   await context.setOffline(true);
   await page.reload();
   await page.waitForFunction(() => document.body.dataset.state === 'ready', null, { timeout: 300_000 });
