@@ -1,8 +1,10 @@
 //! The project's own CPU inference kernels, added to burn's CPU backend (Flex) through burn's
 //! backend-extension API (`#[backend_extension]`): a convolution with bias, residual add and
-//! ReLU fused, and the stem's max pool without argmax indices. burn's own operations stay the
-//! reference they are tested against (`tests.rs`). Only inference uses them: they have no
-//! backward pass, and other backends (wgpu) keep burn's operations.
+//! ReLU fused (directly or by Winograd), and the stem's max pool without argmax indices. The
+//! operations take weights already in the layout their product reads, prepared once when a model
+//! loads ([`PreparedConv`] in `ops.rs`). burn's own operations stay the reference they are tested
+//! against (`tests.rs`). Only inference uses them: they have no backward pass, and other backends
+//! (wgpu) keep burn's operations.
 
 mod conv;
 mod microkernel;
