@@ -16,7 +16,7 @@ use crate::classifier::{Classifier, batch_input};
 use crate::decode::decode;
 use crate::error::CxrError;
 use crate::model::ConvKernel;
-use crate::preprocess::{Preprocessed, preprocess_luma, preview};
+use crate::preprocess::{NormalizedImage, Preprocessed};
 use crate::saliency::heatmap_rgba;
 
 /// Largest side of the image shown on the page.
@@ -134,9 +134,11 @@ async fn run(
     let t0 = now_ms();
     let image = decode(bytes)?;
     let t_decoded = now_ms();
-    let input = preprocess_luma(&image, classifier.info().input_size)?;
-    let (preview_width, preview_height, preview) = preview(&image, PREVIEW_SIDE)?;
+    let normalized = NormalizedImage::new(&image)?;
     drop(image);
+    let input = normalized.model_input(classifier.info().input_size);
+    let (preview_width, preview_height, preview) = normalized.preview(PREVIEW_SIDE);
+    drop(normalized);
     let t1 = now_ms();
     let out = classifier.run(&input);
     let read = |e| CxrError::Inference(format!("{e:?}"));
@@ -239,8 +241,9 @@ fn warm_up_preprocessing(input_size: usize) -> Result<(), JsError> {
         height: SIDE,
         pixels: (0..SIDE * SIDE).map(|i| (i % 251) as f32).collect(),
     };
-    preprocess_luma(&image, input_size).map_err(js_error)?;
-    preview(&image, PREVIEW_SIDE).map_err(js_error)?;
+    let normalized = NormalizedImage::new(&image).map_err(js_error)?;
+    normalized.model_input(input_size);
+    normalized.preview(PREVIEW_SIDE);
     Ok(())
 }
 

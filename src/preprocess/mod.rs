@@ -40,36 +40,66 @@ pub fn preprocess(bytes: &[u8], size: usize) -> Result<Preprocessed, ImageError>
 
 /// Normalise and resize an already decoded image (the second half of [`preprocess`]).
 pub fn preprocess_luma(image: &LumaImage, size: usize) -> Result<Preprocessed, ImageError> {
-    let normalized = min_max_normalize(&image.pixels)?;
-    let mut pixels = resize(&normalized, image.width, image.height, size, size);
-    // The filter's weights sum to 1 only up to rounding, which can step an ulp outside [0, 1]
-    // (found by fuzzing: fuzz/regressions/decode_preprocess/input-outside-unit-range).
-    pixels.iter_mut().for_each(|p| *p = p.clamp(0.0, 1.0));
-    Ok(Preprocessed {
-        pixels,
-        size,
-        original_width: image.width,
-        original_height: image.height,
-    })
+    Ok(NormalizedImage::new(image)?.model_input(size))
 }
 
 /// A greyscale RGBA rendering of a decoded image for display, at most `max_side` pixels per side
 /// (aspect ratio kept, min-max normalised like the model input): browsers cannot show every
 /// format the classifier reads (16-bit, TIFF).
 pub fn preview(image: &LumaImage, max_side: usize) -> Result<(usize, usize, Vec<u8>), ImageError> {
-    let scale = (max_side as f64 / image.width.max(image.height) as f64).min(1.0);
-    let w = ((image.width as f64 * scale).round() as usize).max(1);
-    let h = ((image.height as f64 * scale).round() as usize).max(1);
-    let normalized = min_max_normalize(&image.pixels)?;
-    let small = resize(&normalized, image.width, image.height, w, h);
-    let rgba = small
-        .iter()
-        .flat_map(|&v| {
-            let g = (v.clamp(0.0, 1.0) * 255.0).round() as u8;
-            [g, g, g, 255]
+    Ok(NormalizedImage::new(image)?.preview(max_side))
+}
+
+/// A decoded image normalised once ([`min_max_normalize`]), from which the page makes both the
+/// model input and the preview: normalising for each cost a second pass over every pixel.
+pub struct NormalizedImage {
+    width: usize,
+    height: usize,
+    pixels: Vec<f32>,
+}
+
+impl NormalizedImage {
+    pub fn new(image: &LumaImage) -> Result<Self, ImageError> {
+        Ok(Self {
+            width: image.width,
+            height: image.height,
+            pixels: min_max_normalize(&image.pixels)?,
         })
-        .collect();
-    Ok((w, h, rgba))
+    }
+
+    /// The model input: the whole image resized to `size x size`.
+    pub fn model_input(&self, size: usize) -> Preprocessed {
+        let mut pixels = resize(&self.pixels, self.width, self.height, size, size);
+        // The filter's weights sum to 1 only up to rounding, which can step an ulp outside [0, 1]
+        // (found by fuzzing: fuzz/regressions/decode_preprocess/input-outside-unit-range).
+        pixels.iter_mut().for_each(|p| *p = p.clamp(0.0, 1.0));
+        Preprocessed {
+            pixels,
+            size,
+            original_width: self.width,
+            original_height: self.height,
+        }
+    }
+
+    /// See [`preview`]. An image already within `max_side` is shown as it is, not resampled.
+    pub fn preview(&self, max_side: usize) -> (usize, usize, Vec<u8>) {
+        let scale = (max_side as f64 / self.width.max(self.height) as f64).min(1.0);
+        let w = ((self.width as f64 * scale).round() as usize).max(1);
+        let h = ((self.height as f64 * scale).round() as usize).max(1);
+        let resized;
+        let small = if (w, h) == (self.width, self.height) {
+            &self.pixels
+        } else {
+            resized = resize(&self.pixels, self.width, self.height, w, h);
+            &resized
+        };
+        let mut rgba = vec![255u8; w * h * 4];
+        for (pixel, &v) in rgba.chunks_exact_mut(4).zip(small) {
+            // Round half up (the values are not negative): `f32::round` is a library call in wasm.
+            pixel[..3].fill((v.clamp(0.0, 1.0) * 255.0 + 0.5) as u8);
+        }
+        (w, h, rgba)
+    }
 }
 
 /// `(x - min) / (max - min)` over the whole image.
@@ -79,14 +109,15 @@ pub fn min_max_normalize(pixels: &[f32]) -> Result<Vec<f32>, ImageError> {
     if pixels.is_empty() {
         return Err(ImageError::NoPixels);
     }
-    let mut min = f32::INFINITY;
-    let mut max = f32::NEG_INFINITY;
+    // One branch-free pass (the compiler can vectorise it), the finiteness checked after it.
+    let (mut min, mut max, mut finite) = (f32::INFINITY, f32::NEG_INFINITY, true);
     for &p in pixels {
-        if !p.is_finite() {
-            return Err(ImageError::NonFinite);
-        }
         min = min.min(p);
         max = max.max(p);
+        finite &= p.is_finite();
+    }
+    if !finite {
+        return Err(ImageError::NonFinite);
     }
     // In f64: an f32 `max - min` can round below the true range and push the top above 1.
     let range = f64::from(max) - f64::from(min);

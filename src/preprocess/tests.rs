@@ -162,6 +162,29 @@ fn preview_keeps_the_aspect_ratio() {
 }
 
 #[test]
+fn a_preview_within_its_size_shows_every_pixel_in_8_bits() {
+    let luma = decode(&encode(gray16(40, 30), ImageFormat::Png)).unwrap();
+    let (w, h, rgba) = preview(&luma, 1024).unwrap();
+    assert_eq!((w, h), (40, 30));
+    let normalized = min_max_normalize(&luma.pixels).unwrap();
+    for (pixel, v) in rgba.chunks_exact(4).zip(normalized) {
+        let g = (v * 255.0).round() as u8;
+        assert_eq!(pixel, [g, g, g, 255]);
+    }
+}
+
+#[test]
+fn one_normalisation_gives_the_model_input_and_preview_of_the_two_paths() {
+    let luma = decode(&encode(gray8(300, 200), ImageFormat::Png)).unwrap();
+    let normalized = super::NormalizedImage::new(&luma).unwrap();
+    assert_eq!(
+        normalized.model_input(64),
+        preprocess_luma(&luma, 64).unwrap()
+    );
+    assert_eq!(normalized.preview(100), preview(&luma, 100).unwrap());
+}
+
+#[test]
 fn empty_file_is_refused() {
     assert_eq!(preprocess(&[], 8), Err(ImageError::Empty));
 }
