@@ -196,10 +196,7 @@ fn tiled_product_matches_gemms_on_every_shape() {
 /// segments of tile rows, odd and one-pixel images, and every epilogue.
 #[test]
 fn winograd_segments_match_the_direct_convolution_with_both_products() {
-    use super::{
-        ConvGeometry, Epilogue, Product, WinogradGeometry, conv2d_with, conv3x3_with,
-        transform_filters,
-    };
+    use super::{Epilogue, Product, conv2d_with, conv3x3_with, transform_filters};
     let mut rng = crate::rng::Rng::new(29);
     let mut random = |n: usize| (0..n).map(|_| rng.normal()).collect::<Vec<f32>>();
     for (batch, cin, cout, h, w) in [
@@ -208,23 +205,7 @@ fn winograd_segments_match_the_direct_convolution_with_both_products() {
         (1, 2, 6, 1, 1),
         (1, 40, 9, 23, 30),
     ] {
-        let g = WinogradGeometry {
-            batch,
-            in_channels: cin,
-            out_channels: cout,
-            height: h,
-            width: w,
-        };
-        let direct = ConvGeometry {
-            batch,
-            in_channels: cin,
-            height: h,
-            width: w,
-            out_channels: cout,
-            kernel: 3,
-            stride: 1,
-            padding: 1,
-        };
+        let (direct, g) = geometries_3x3(batch, cin, cout, h, w);
         let (input, weight) = (random(batch * cin * h * w), random(cout * cin * 9));
         let (bias, residual) = (random(cout), random(batch * cout * h * w));
         let filters = transform_filters(&weight, cout, cin);
@@ -254,29 +235,13 @@ fn winograd_segments_match_the_direct_convolution_with_both_products() {
 #[test]
 fn weights_prepared_once_give_the_same_output_as_weights_prepared_per_call() {
     use super::{
-        ConvGeometry, Epilogue, Product, Weights, WinogradGeometry, conv2d_prepared, conv2d_with,
-        conv3x3_prepared, conv3x3_with, prepare_filters, prepared_filters, transform_filters,
+        Epilogue, Product, Weights, conv2d_prepared, conv2d_with, conv3x3_prepared, conv3x3_with,
+        prepare_filters, prepared_filters, transform_filters,
     };
     let mut rng = crate::rng::Rng::new(31);
     let mut random = |n: usize| (0..n).map(|_| rng.normal()).collect::<Vec<f32>>();
     let (batch, cin, cout, h, w) = (2, 6, 9, 11, 10);
-    let g = ConvGeometry {
-        batch,
-        in_channels: cin,
-        height: h,
-        width: w,
-        out_channels: cout,
-        kernel: 3,
-        stride: 1,
-        padding: 1,
-    };
-    let wg = WinogradGeometry {
-        batch,
-        in_channels: cin,
-        out_channels: cout,
-        height: h,
-        width: w,
-    };
+    let (g, wg) = geometries_3x3(batch, cin, cout, h, w);
     let (input, weight, bias) = (
         random(batch * cin * h * w),
         random(cout * cin * 9),
@@ -298,4 +263,32 @@ fn weights_prepared_once_give_the_same_output_as_weights_prepared_per_call() {
         let per_call = conv3x3_with(&input, wg, &transformed, epilogue, product);
         assert_eq!(conv3x3_prepared(&input, wg, &filters, epilogue), per_call);
     }
+}
+
+/// A 3x3 stride-1 padding-1 convolution's shape for the direct kernel and for Winograd.
+fn geometries_3x3(
+    batch: usize,
+    cin: usize,
+    cout: usize,
+    h: usize,
+    w: usize,
+) -> (super::ConvGeometry, super::WinogradGeometry) {
+    let direct = super::ConvGeometry {
+        batch,
+        in_channels: cin,
+        height: h,
+        width: w,
+        out_channels: cout,
+        kernel: 3,
+        stride: 1,
+        padding: 1,
+    };
+    let winograd = super::WinogradGeometry {
+        batch,
+        in_channels: cin,
+        out_channels: cout,
+        height: h,
+        width: w,
+    };
+    (direct, winograd)
 }
