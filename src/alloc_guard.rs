@@ -9,7 +9,8 @@
 //! An infallible allocation over the cap would abort, which is why the cap is only set around
 //! parsing that cannot legitimately need more.
 //!
-//! The cap works only in a program whose `#[global_allocator]` is [`GuardedAlloc`]; the library
+//! The cap works only in a program whose `#[global_allocator]` is [`GuardedAlloc`] (or
+//! [`GuardedWith`] around another allocator); the library
 //! does not impose it on every program that links it. The programs install it where they are
 //! built: the wasm page (`web`), the trainer's binaries, the root crate's unit tests and its
 //! integration tests that rely on it (`tests/fuzz_regressions.rs`), and the fuzz targets.
@@ -19,6 +20,10 @@ use std::cell::Cell;
 
 /// The system allocator, refusing single allocations over the current thread's cap.
 pub struct GuardedAlloc;
+
+/// Another allocator, refusing single allocations over the current thread's cap like
+/// [`GuardedAlloc`] (the trainer's: mimalloc, which keeps freed memory for reuse).
+pub struct GuardedWith<A>(pub A);
 
 thread_local! {
     static LIMIT: Cell<usize> = const { Cell::new(usize::MAX) };
@@ -42,32 +47,53 @@ pub fn take_largest_allocation() -> usize {
     LARGEST.try_with(|l| l.replace(0)).unwrap_or(0)
 }
 
-// SAFETY: every call is forwarded to `System` unchanged, or answered with null (allocation
-// failure), which the `GlobalAlloc` contract allows.
-unsafe impl GlobalAlloc for GuardedAlloc {
+// SAFETY: every call is forwarded to the inner allocator unchanged, or answered with null
+// (allocation failure), which the `GlobalAlloc` contract allows.
+unsafe impl<A: GlobalAlloc> GlobalAlloc for GuardedWith<A> {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         if layout.size() > limit() {
             return std::ptr::null_mut();
         }
-        granted(layout.size(), unsafe { System.alloc(layout) })
+        granted(layout.size(), unsafe { self.0.alloc(layout) })
     }
 
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
         if layout.size() > limit() {
             return std::ptr::null_mut();
         }
-        granted(layout.size(), unsafe { System.alloc_zeroed(layout) })
+        granted(layout.size(), unsafe { self.0.alloc_zeroed(layout) })
     }
 
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        unsafe { System.dealloc(ptr, layout) }
+        unsafe { self.0.dealloc(ptr, layout) }
     }
 
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         if new_size > limit() {
             return std::ptr::null_mut();
         }
-        granted(new_size, unsafe { System.realloc(ptr, layout, new_size) })
+        granted(new_size, unsafe { self.0.realloc(ptr, layout, new_size) })
+    }
+}
+
+const SYSTEM: GuardedWith<System> = GuardedWith(System);
+
+// SAFETY: forwarded to `GuardedWith<System>`, whose contract is stated above.
+unsafe impl GlobalAlloc for GuardedAlloc {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        unsafe { SYSTEM.alloc(layout) }
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        unsafe { SYSTEM.alloc_zeroed(layout) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        unsafe { SYSTEM.dealloc(ptr, layout) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        unsafe { SYSTEM.realloc(ptr, layout, new_size) }
     }
 }
 

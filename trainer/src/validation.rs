@@ -39,6 +39,47 @@ pub struct Predictions {
     pub failed: Vec<(String, String)>,
 }
 
+/// Test-time augmentation: what else the model sees of each image besides the image itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Tta {
+    /// The image alone.
+    None,
+    /// The image and its mirror image (left and right swapped): the mean of both probabilities.
+    Flip,
+}
+
+/// A batch of `n` square `size` x `size` one-channel images, each mirrored left to right.
+pub fn flip_horizontally(pixels: &[f32], size: usize) -> Vec<f32> {
+    let mut flipped = pixels.to_vec();
+    if size > 0 {
+        flipped.chunks_exact_mut(size).for_each(<[f32]>::reverse);
+    }
+    flipped
+}
+
+/// The probability of effusion of each image of a batch, with test-time augmentation `tta`.
+fn batch_probabilities(
+    model: &ResNet,
+    pixels: Vec<f32>,
+    n: usize,
+    size: usize,
+    tta: Tta,
+    device: &Device,
+) -> Vec<f32> {
+    let mirrored = (tta == Tta::Flip).then(|| flip_horizontally(&pixels, size));
+    let mut p: Vec<f32> = batch_logits(model, pixels, n, size, device)
+        .into_iter()
+        .map(effusion_probability)
+        .collect();
+    if let Some(mirrored) = mirrored {
+        let logits = batch_logits(model, mirrored, n, size, device);
+        for (p, l) in p.iter_mut().zip(logits) {
+            *p = 0.5 * (*p + effusion_probability(l));
+        }
+    }
+    p
+}
+
 /// Probabilities for every image of `items`, and the mean plain cross-entropy.
 pub fn predict_all(
     model: &ResNet,
@@ -47,6 +88,19 @@ pub fn predict_all(
     loader: &LoaderConfig,
     device: &Device,
     quiet: bool,
+) -> Predictions {
+    predict_all_tta(model, root, items, loader, device, quiet, Tta::None)
+}
+
+/// [`predict_all`] with test-time augmentation.
+pub fn predict_all_tta(
+    model: &ResNet,
+    root: &Path,
+    items: &[Item],
+    loader: &LoaderConfig,
+    device: &Device,
+    quiet: bool,
+    tta: Tta,
 ) -> Predictions {
     let failures: Failures = Default::default();
     let batches = Loader::start(
@@ -62,9 +116,8 @@ pub fn predict_all(
     let mut loss_sum = 0.0;
     for batch in batches {
         let n = batch.len();
-        let logits = batch_logits(model, batch.pixels, n, loader.size, device);
-        for (&pair, &label) in logits.iter().zip(&batch.labels) {
-            let p = effusion_probability(pair);
+        let probabilities = batch_probabilities(model, batch.pixels, n, loader.size, tta, device);
+        for (&p, &label) in probabilities.iter().zip(&batch.labels) {
             out.scores.push(p);
             loss_sum -= f64::from(if label == 1 { p } else { 1.0 - p }.max(1e-7)).ln();
         }
@@ -87,5 +140,19 @@ pub fn load_classifier(weights: Option<&Path>, device: &Device) -> anyhow::Resul
             Classifier::from_bytes(&bytes, device).with_context(|| path.display().to_string())
         }
         None => Classifier::embedded(device).context("embedded model"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::flip_horizontally;
+
+    #[test]
+    fn flipping_mirrors_every_row_of_every_image() {
+        // Two 2x2 images.
+        let batch = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0];
+        let flipped = flip_horizontally(&batch, 2);
+        assert_eq!(flipped, [2.0, 1.0, 4.0, 3.0, 6.0, 5.0, 8.0, 7.0]);
+        assert_eq!(flip_horizontally(&flipped, 2), batch);
     }
 }

@@ -204,6 +204,79 @@ fn cv_scores_every_image_out_of_fold_keeps_groups_and_compares_on_the_same_folds
     }
 
     compare_on_the_same_folds_only(&data, &a, g);
+    flipped_scores_are_a_cv_on_the_same_folds(&a);
+}
+
+/// `cv tta`: the fold models score again with the mirror image; a new cv folder on the same
+/// folds (so `cv compare` accepts it) whose scores differ from the plain ones.
+fn flipped_scores_are_a_cv_on_the_same_folds(a: &Path) {
+    let flip = a.with_file_name("a-flip");
+    let stdout = succeeded(&trainer(&[
+        "cv",
+        "tta",
+        a.to_str().unwrap(),
+        "--out",
+        flip.to_str().unwrap(),
+    ]));
+    assert!(stdout.contains("out-of-fold AUC"), "{stdout}");
+    let plain = std::fs::read_to_string(a.join("oof.csv")).unwrap();
+    let flipped = std::fs::read_to_string(flip.join("oof.csv")).unwrap();
+    assert_eq!(flipped.lines().count(), plain.lines().count());
+    assert_ne!(flipped, plain, "the mirror image changes the scores");
+    succeeded(&trainer(&[
+        "cv",
+        "compare",
+        flip.to_str().unwrap(),
+        a.to_str().unwrap(),
+    ]));
+    let again = trainer(&[
+        "cv",
+        "tta",
+        a.to_str().unwrap(),
+        "--out",
+        flip.to_str().unwrap(),
+    ]);
+    assert!(String::from_utf8_lossy(&again.stderr).contains("already holds a cv"));
+}
+
+/// `cv --distill-from`: each fold's teachers are fine-tuned inside the fold and know only its
+/// training images; their ensemble is a cv of its own on the same folds. Needs the ImageNet
+/// weights in the cache and, in practice, a release build.
+#[test]
+#[ignore = "needs the 95 MB ImageNet weights in the cache (trainer imagenet fetch)"]
+fn a_distilled_cv_gives_each_fold_teachers_that_never_saw_it() {
+    let data = dataset("cv-distill-data");
+    let out = temp("cv-distill");
+    std::fs::remove_dir_all(&out).unwrap();
+    let teachers = [
+        "--distill-from",
+        "imagenet-resnet50",
+        "--teacher-folds",
+        "2",
+        "--teacher-head-epochs",
+        "1",
+        "--teacher-tune-epochs",
+        "1",
+    ];
+    let mut extra = vec!["--folds", "2", "--epochs", "1"];
+    extra.extend(teachers);
+    let stdout = succeeded(&cv(&data, &out, &extra));
+    assert!(stdout.contains("the teachers' ensemble"), "{stdout}");
+    let fold_of = assert_no_fold_saw_its_scored_images(&out, 2);
+    for k in 1..=2 {
+        let dir = out.join(format!("repeat1-fold{k}"));
+        let split = json(&dir.join("split.json"));
+        let teacher = json(&dir.join("teacher.json"));
+        let taught: HashSet<String> = teacher.as_object().unwrap().keys().cloned().collect();
+        assert_eq!(taught, files_of(&split["train"]), "fold {k}");
+        assert!(taught.iter().all(|f| fold_of[f] != k), "fold {k}");
+    }
+    succeeded(&trainer(&[
+        "cv",
+        "compare",
+        out.join("teachers").to_str().unwrap(),
+        out.to_str().unwrap(),
+    ]));
 }
 
 /// `cv compare`: a paired result against a cv on the same folds, refused against other folds;

@@ -119,8 +119,9 @@ impl CvDir {
     }
 
     pub fn write_scores(&self, scores: &FoldScores) -> Result<()> {
-        let path = self.fold_dir(scores.repeat, scores.fold).join(SCORES);
-        write_atomic(&path, &serde_json::to_vec(scores)?)
+        let dir = self.fold_dir(scores.repeat, scores.fold);
+        fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        write_atomic(&dir.join(SCORES), &serde_json::to_vec(scores)?)
     }
 
     /// Every fold's scores; an error naming the first fold that has none.

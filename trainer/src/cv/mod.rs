@@ -11,6 +11,8 @@ mod compare;
 mod files;
 mod plan;
 mod report;
+mod teachers;
+mod tta;
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -29,6 +31,7 @@ use crate::train::train;
 use crate::validation::predict_all;
 use files::{CvDir, FoldScores};
 use plan::{CvPlan, check_disjoint};
+use teachers::TeacherRecipe;
 
 /// `trainer cv`.
 #[derive(Args, Debug)]
@@ -49,6 +52,8 @@ pub struct CvArgs {
     #[command(flatten)]
     pub options: TrainOptions,
     #[command(flatten)]
+    pub distill: DistillArgs,
+    #[command(flatten)]
     pub session: Session,
     /// Continue the cv in CV_DIR (its saved plan and options apply; --data may name a moved
     /// data folder).
@@ -56,17 +61,52 @@ pub struct CvArgs {
     pub resume: Option<PathBuf>,
 }
 
+/// Distillation inside each fold (the shipped model's recipe).
+#[derive(Args, Debug)]
+pub struct DistillArgs {
+    /// Distil each fold's model from teachers of its own: ImageNet ResNet-50s fine-tuned,
+    /// cross-fitted, on the fold's training part (`imagenet finetune --folds N` there). Needs
+    /// `trainer imagenet fetch` first. Their ensemble is scored too, in CV_DIR/teachers/.
+    #[arg(long, value_enum)]
+    pub distill_from: Option<crate::train::Pretrained>,
+    /// Teachers per fold (cross-fitting folds of the fold's training images).
+    #[arg(long, default_value_t = 5, requires = "distill_from")]
+    pub teacher_folds: usize,
+    #[arg(long, default_value_t = 3, requires = "distill_from")]
+    pub teacher_head_epochs: usize,
+    #[arg(long, default_value_t = 4, requires = "distill_from")]
+    pub teacher_tune_epochs: usize,
+    /// Where the ImageNet weights are cached (default: ~/.cache/cxr/imagenet).
+    #[arg(long, requires = "distill_from")]
+    pub weights_dir: Option<PathBuf>,
+}
+
+impl DistillArgs {
+    fn recipe(&self) -> Option<TeacherRecipe> {
+        self.distill_from.map(|_| TeacherRecipe {
+            folds: self.teacher_folds,
+            head_epochs: self.teacher_head_epochs,
+            tune_epochs: self.teacher_tune_epochs,
+        })
+    }
+}
+
 #[derive(Subcommand, Debug)]
 pub enum CvCommand {
     /// Paired comparison of two cv folders scored on the same folds: AUC difference with a
     /// paired-bootstrap 95 % CI.
     Compare(compare::CvCompareArgs),
+    /// Score a finished cv's fold models again with test-time augmentation (a new cv folder on
+    /// the same folds, for `cv compare`).
+    Tta(tta::CvTtaArgs),
 }
 
 impl CvArgs {
     pub fn run(self) -> Result<()> {
-        if let Some(CvCommand::Compare(args)) = self.command {
-            return args.run();
+        match self.command {
+            Some(CvCommand::Compare(args)) => return args.run(),
+            Some(CvCommand::Tta(args)) => return args.run(),
+            None => {}
         }
         let (device, name) = device::select(self.session.backend)?;
         eprintln!("backend: {name}");
@@ -75,10 +115,16 @@ impl CvArgs {
             Some(dir) => resume_plan(dir, data)?,
             None => {
                 let opts = self.options.clone().with_data(data);
-                new_plan(&self.session.out(), &opts, self.folds, self.repeats)?
+                let sizes = (self.folds, self.repeats);
+                new_plan(&self.session.out(), &opts, sizes, self.distill.recipe())?
             }
         };
-        let summary = run(&cv, &plan, &device, self.session.quiet)?;
+        // The weights are looked for before the first fold, not an hour into the run.
+        let package = plan
+            .teachers
+            .map(|_| crate::transfer::imagenet::ensure_in(self.distill.weights_dir.clone(), false))
+            .transpose()?;
+        let summary = run(&cv, &plan, &device, package.as_deref(), self.session.quiet)?;
         println!("{summary}");
         Ok(())
     }
@@ -88,8 +134,8 @@ impl CvArgs {
 fn new_plan(
     out: &Path,
     opts: &TrainOptions,
-    folds: usize,
-    repeats: usize,
+    (folds, repeats): (usize, usize),
+    teachers: Option<TeacherRecipe>,
 ) -> Result<(CvDir, CvPlan)> {
     let cv = CvDir::open(out);
     if cv.has_plan() {
@@ -101,7 +147,13 @@ fn new_plan(
     }
     let data = data::discover(&opts.data)?;
     crate::cache::check_input_size(&opts.data, opts.input_size)?;
-    let plan = CvPlan::new(opts, &data, folds, repeats)?;
+    let mut plan = CvPlan::new(opts, &data, folds, repeats)?;
+    if let Some(recipe) = &teachers
+        && recipe.folds < 2
+    {
+        bail!("--teacher-folds must be at least 2, got {}", recipe.folds);
+    }
+    plan.teachers = teachers;
     cv.write_plan(&plan)?;
     Ok((cv, plan))
 }
@@ -117,7 +169,13 @@ fn resume_plan(dir: &Path, data: PathBuf) -> Result<(CvDir, CvPlan)> {
 }
 
 /// Train and score every fold not finished yet, then write the report. Returns its summary.
-pub fn run(cv: &CvDir, plan: &CvPlan, device: &Device, quiet: bool) -> Result<String> {
+pub fn run(
+    cv: &CvDir,
+    plan: &CvPlan,
+    device: &Device,
+    package: Option<&Path>,
+    quiet: bool,
+) -> Result<String> {
     let total = plan.folds * plan.repeats;
     let started = Instant::now();
     let mut scores = Vec::with_capacity(total);
@@ -137,7 +195,7 @@ pub fn run(cv: &CvDir, plan: &CvPlan, device: &Device, quiet: bool) -> Result<St
                 cv.fold_dir(r, k).display()
             );
         }
-        let fold = run_fold(cv, plan, r, k, device, quiet)?;
+        let fold = run_fold(cv, plan, (r, k), device, package, quiet)?;
         trained += 1;
         if !quiet {
             let per_fold = started.elapsed().as_secs_f64() / trained as f64;
@@ -152,11 +210,20 @@ pub fn run(cv: &CvDir, plan: &CvPlan, device: &Device, quiet: bool) -> Result<St
         scores.push(fold);
     }
     let report = report::write(cv, plan, &scores)?;
-    Ok(format!(
+    let mut summary = format!(
         "{}\nreport {}",
         report::summary(&report),
         cv.file(files::REPORT).display()
-    ))
+    );
+    if plan.teachers.is_some() {
+        let dir = teachers::teachers_dir(cv, plan)?;
+        let ensemble = report::write(&dir, plan, &dir.read_all_scores(plan)?)?;
+        summary += &format!(
+            "\nthe teachers' ensemble: {}",
+            report::summary(&ensemble).replace('\n', "\n  ")
+        );
+    }
+    Ok(summary)
 }
 
 /// Train fold `k` of repeat `r` on the other folds (resuming a run a crash cut short), then
@@ -164,9 +231,9 @@ pub fn run(cv: &CvDir, plan: &CvPlan, device: &Device, quiet: bool) -> Result<St
 fn run_fold(
     cv: &CvDir,
     plan: &CvPlan,
-    r: usize,
-    k: usize,
+    (r, k): (usize, usize),
     device: &Device,
+    package: Option<&Path>,
     quiet: bool,
 ) -> Result<FoldScores> {
     let dir = cv.fold_dir(r, k);
@@ -182,7 +249,19 @@ fn run_fold(
     };
     // Also on resume: a split.json edited or left from another plan must not leak.
     check_disjoint(&split, &scored).with_context(|| run.split_path().display().to_string())?;
-    let opts = plan.run_options(r);
+    let mut opts = plan.run_options(r);
+    if let Some(recipe) = &plan.teachers {
+        let package = package.context("the ImageNet weights are needed for the teachers")?;
+        opts.teacher = Some(teachers::ensure(
+            cv,
+            plan,
+            recipe,
+            (r, k),
+            &run,
+            &opts,
+            package,
+        )?);
+    }
     train(&opts, &dir, device, run.has_run(), quiet)?;
     let best = run
         .read_best()?

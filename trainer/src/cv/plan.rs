@@ -7,6 +7,7 @@ use std::collections::HashSet;
 use anyhow::{Result, bail};
 use serde::{Deserialize, Serialize};
 
+use super::teachers::TeacherRecipe;
 use crate::data::{self, Dataset, Item, Split};
 use crate::options::TrainOptions;
 
@@ -21,6 +22,9 @@ pub struct CvPlan {
     pub items: Vec<Item>,
     /// `fold_of[repeat][image]`: the fold, `0..folds`, in which the image is scored.
     pub fold_of: Vec<Vec<usize>>,
+    /// With distillation: how each fold's own teachers are made.
+    #[serde(default)]
+    pub teachers: Option<TeacherRecipe>,
 }
 
 impl CvPlan {
@@ -36,7 +40,8 @@ impl CvPlan {
         if opts.teacher.is_some() {
             bail!(
                 "cv does not take --teacher: the teacher's logits were fitted on another split, \
-                 so they would carry the scored folds' labels into training"
+                 so they would carry the scored folds' labels into training (--distill-from gives \
+                 each fold teachers of its own)"
             );
         }
         let items = crate::groups::prepared_items(data, opts)?;
@@ -55,6 +60,7 @@ impl CvPlan {
             repeats,
             items,
             fold_of,
+            teachers: None,
         })
     }
 

@@ -15,6 +15,7 @@ use burn::optim::{AdamWConfig, GradientsParams};
 use burn::tensor::{Device, Tensor};
 use cxr::model::global_average_pool;
 
+use super::cross_fit::{CrossFit, cross_fit};
 use super::frozen::{Cached, caffe_batch};
 use super::imagenet;
 use super::resnet50::{ResNet50, Stage50};
@@ -24,7 +25,7 @@ use crate::loader::{Failures, Loader, LoaderConfig};
 use crate::metrics::Report;
 use crate::objective::{LossKind, class_weights, loss};
 use crate::rng::Rng;
-use crate::run_dir::{RunDir, TeacherLogits, write_teacher};
+use crate::run_dir::{RunDir, write_teacher};
 
 /// Fine-tuning schedule, fixed before looking at any validation figure. Also the arguments of
 /// `trainer imagenet finetune` (the fields without a flag keep their defaults there).
@@ -83,7 +84,7 @@ impl Default for FinetuneOptions {
 
 /// The trained part: the last stage and the head.
 #[derive(Module, Debug)]
-struct Tail {
+pub(super) struct Tail {
     stage: Stage50,
     head: Linear,
 }
@@ -95,7 +96,12 @@ impl Tail {
     }
 }
 
-fn logits(tail: &Tail, cached: &Cached, idx: &[usize], device: &Device) -> Result<Vec<[f32; 2]>> {
+pub(super) fn logits(
+    tail: &Tail,
+    cached: &Cached,
+    idx: &[usize],
+    device: &Device,
+) -> Result<Vec<[f32; 2]>> {
     let mut out = Vec::with_capacity(idx.len());
     for chunk in idx.chunks(32) {
         let values = tail
@@ -110,7 +116,7 @@ fn logits(tail: &Tail, cached: &Cached, idx: &[usize], device: &Device) -> Resul
 
 /// What recomputes the res4 outputs of augmented training images each epoch: the frozen
 /// stages, the data folder and the training items in the order of the cached ones.
-struct Augmented<'a> {
+pub(super) struct Augmented<'a> {
     frozen: &'a ResNet50,
     root: &'a Path,
     items: &'a [Item],
@@ -165,7 +171,7 @@ fn epoch_batches<'a>(
     }))
 }
 
-fn tune(
+pub(super) fn tune(
     package: &Path,
     (train, valid): (&Cached, &Cached),
     train_idx: &[usize],
@@ -248,24 +254,30 @@ fn schedule_json(o: &FinetuneOptions) -> serde_json::Value {
 }
 
 /// The frozen stages' outputs of a run's split, computed once, and what re-augmenting needs.
-struct Setup {
+pub(super) struct Setup {
     frozen: ResNet50,
-    train: Cached,
-    valid: Cached,
+    pub(super) train: Cached,
+    pub(super) valid: Cached,
+    /// Images outside the split that the fine-tuned networks also score (a cross-validation's
+    /// held-out fold).
+    pub(super) extra: Option<Cached>,
     /// The training items in the order of the cached outputs, with their patients.
-    items: Vec<Item>,
+    pub(super) items: Vec<Item>,
     data: PathBuf,
     size: usize,
     extract_seconds: f64,
 }
 
 impl Setup {
-    fn new(package: &Path, run: &RunDir, device: &Device) -> Result<Self> {
+    fn new(package: &Path, run: &RunDir, extra: &[Item], device: &Device) -> Result<Self> {
         let (opts, split) = run.read_run()?;
         let started = Instant::now();
         let frozen = imagenet::load(package, 1, 2, device)?;
-        let train = Cached::compute(&frozen, &opts.data, &split.train, opts.input_size, device)?;
-        let valid = Cached::compute(&frozen, &opts.data, &split.valid, opts.input_size, device)?;
+        let compute =
+            |items: &[Item]| Cached::compute(&frozen, &opts.data, items, opts.input_size, device);
+        let train = compute(&split.train)?;
+        let valid = compute(&split.valid)?;
+        let extra = (!extra.is_empty()).then(|| compute(extra)).transpose()?;
         let by_file: HashMap<&str, &Item> =
             split.train.iter().map(|i| (i.file.as_str(), i)).collect();
         let items: Vec<Item> = train
@@ -282,6 +294,7 @@ impl Setup {
             frozen,
             train,
             valid,
+            extra,
             items,
             data: opts.data,
             size: opts.input_size,
@@ -289,7 +302,7 @@ impl Setup {
         })
     }
 
-    fn augmented(&self, o: &FinetuneOptions) -> Option<Augmented<'_>> {
+    pub(super) fn augmented(&self, o: &FinetuneOptions) -> Option<Augmented<'_>> {
         (o.augment_p > 0.0).then(|| Augmented {
             frozen: &self.frozen,
             root: &self.data,
@@ -313,16 +326,45 @@ impl Setup {
 /// report adds the validation AUC of the k runs' mean probability.
 pub fn finetune(package: &Path, run: &RunDir, o: &FinetuneOptions) -> Result<serde_json::Value> {
     let device = Device::flex();
-    let setup = Setup::new(package, run, &device)?;
-    let mut report = if o.folds <= 1 {
+    let setup = Setup::new(package, run, &[], &device)?;
+    let report = if o.folds <= 1 {
         single(package, &setup, o, &device)?
     } else {
-        cross_fit(package, &setup, o, &device)?
+        cross_fit(package, &setup, o, &device)?.0
     };
+    Ok(with_context(report, run, &setup, o))
+}
+
+/// [`finetune`] cross-fitted (`o.folds` ≥ 2), the k networks also scoring `extra` (images
+/// outside the run's split). Returns the report and the teacher logits and mean probabilities.
+pub fn cross_fit_scoring(
+    package: &Path,
+    run: &RunDir,
+    o: &FinetuneOptions,
+    extra: &[Item],
+) -> Result<(serde_json::Value, CrossFit)> {
+    if o.folds < 2 {
+        bail!(
+            "a cross-fitted fine-tuning needs at least 2 folds, got {}",
+            o.folds
+        );
+    }
+    let device = Device::flex();
+    let setup = Setup::new(package, run, extra, &device)?;
+    let (report, result) = cross_fit(package, &setup, o, &device)?;
+    Ok((with_context(report, run, &setup, o), result))
+}
+
+fn with_context(
+    mut report: serde_json::Value,
+    run: &RunDir,
+    setup: &Setup,
+    o: &FinetuneOptions,
+) -> serde_json::Value {
     report["run"] = run.path().display().to_string().into();
     report["res4_seconds"] = setup.extract_seconds.into();
     report["schedule"] = schedule_json(o);
-    Ok(report)
+    report
 }
 
 /// One fine-tuning on the whole training split; the teacher's logits at the best epoch.
@@ -355,85 +397,6 @@ fn single(
         },
     )?;
     Ok(serde_json::json!({"best": best, "epochs": epochs}))
-}
-
-/// k fine-tunings, each scoring the fold it did not train on (see [`finetune`]).
-fn cross_fit(
-    package: &Path,
-    s: &Setup,
-    o: &FinetuneOptions,
-    device: &Device,
-) -> Result<serde_json::Value> {
-    let (train, valid) = (&s.train, &s.valid);
-    let n = train.y.len();
-    let valid_idx: Vec<usize> = (0..valid.y.len()).collect();
-    let augmented = s.augmented(o);
-    let fold = crate::data::folds(&s.items, o.folds, o.seed);
-    let mut teacher = TeacherLogits::new();
-    let mut valid_sum = vec![0f64; valid.y.len()];
-    let mut runs = Vec::new();
-    for k in 0..o.folds {
-        let (held, fit): (Vec<usize>, Vec<usize>) = (0..n).partition(|&i| fold[i] == k);
-        eprintln!(
-            "fold {}/{}: training on {}, scoring {}",
-            k + 1,
-            o.folds,
-            fit.len(),
-            held.len()
-        );
-        let mut at_best = (Vec::new(), Vec::new());
-        let fold_options = FinetuneOptions {
-            seed: o.seed.wrapping_add(k as u64),
-            ..o.clone()
-        };
-        let (best, epochs) = tune(
-            package,
-            (train, valid),
-            &fit,
-            augmented.as_ref(),
-            &fold_options,
-            device,
-            |eval| {
-                at_best = (
-                    logits(eval, train, &held, device)?,
-                    logits(eval, valid, &valid_idx, device)?,
-                );
-                Ok(())
-            },
-        )?;
-        let (held_logits, valid_logits) = at_best;
-        for (&i, l) in held.iter().zip(held_logits) {
-            teacher.insert(train.files[i].clone(), l);
-        }
-        for (sum, l) in valid_sum.iter_mut().zip(valid_logits) {
-            *sum += f64::from(cxr::classifier::effusion_probability(l));
-        }
-        runs.push(serde_json::json!({"fold": k + 1, "trained_on": fit.len(), "scored": held.len(), "best": best, "epochs": epochs}));
-    }
-    if let Some(path) = &o.teacher_out {
-        write_teacher(path, &teacher)?;
-    }
-    let mean: Vec<f32> = valid_sum
-        .iter()
-        .map(|s| (s / o.folds as f64) as f32)
-        .collect();
-    let ensemble = Report::new(&mean, &valid.y, 0.5);
-    let oof: Vec<f32> = train
-        .files
-        .iter()
-        .map(|f| {
-            teacher
-                .get(f)
-                .map_or(f32::NAN, |&l| cxr::classifier::effusion_probability(l))
-        })
-        .collect();
-    let oof_report = Report::new(&oof, &train.y, 0.5);
-    let uncertain = oof.iter().filter(|p| (0.1..=0.9).contains(*p)).count();
-    Ok(serde_json::json!({
-        "folds": runs,
-        "ensemble_valid": {"auc": ensemble.auc, "auc_ci95": ensemble.auc_ci95},
-        "out_of_fold_train": {"auc": oof_report.auc, "auc_ci95": oof_report.auc_ci95, "probability_between_0.1_and_0.9": uncertain, "images": n},
-    }))
 }
 
 #[cfg(test)]

@@ -7,6 +7,7 @@
 //! with one input channel) and the [0, 1] preprocessed image is mapped to Keras' "caffe" range,
 //! `255 x - mean(BGR means)`.
 
+mod cross_fit;
 mod finetune;
 pub mod frozen;
 pub mod imagenet;
@@ -19,7 +20,8 @@ use anyhow::Result;
 use burn::tensor::Device;
 use clap::Subcommand;
 
-pub use finetune::{FinetuneOptions, finetune};
+pub use cross_fit::CrossFit;
+pub use finetune::{FinetuneOptions, cross_fit_scoring, finetune};
 pub use probe::probe;
 
 use crate::data;
