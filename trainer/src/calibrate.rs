@@ -18,7 +18,7 @@ use crate::loader::LoaderConfig;
 use crate::metrics;
 use crate::plots::reliability_chart;
 use crate::run_dir::write_atomic;
-use crate::validation::predict_all;
+use crate::validation::{Tta, predict_all};
 
 /// `trainer calibrate`.
 #[derive(Args, Debug)]
@@ -138,7 +138,15 @@ fn score_validation_files(weights: &[u8], info: &ModelInfo, data: &Path) -> Resu
         prefetch: 2,
         size: info.input_size,
     };
-    let scored = predict_all(&model, &dataset.root, &items, &loader, &device, false);
+    let scored = predict_all(
+        &model,
+        &dataset.root,
+        &items,
+        &loader,
+        &device,
+        false,
+        Tta::None,
+    );
     if let Some((file, why)) = scored.failed.first() {
         bail!(
             "{} validation image(s) could not be read, e.g. {file}: {why}",

@@ -12,7 +12,7 @@ use crate::device::{self, DeviceChoice};
 use crate::loader::LoaderConfig;
 use crate::metrics::Report;
 use crate::run_dir::RunDir;
-use crate::validation::{load_classifier, predict_all};
+use crate::validation::{Tta, load_classifier, predict_all};
 
 /// `trainer evaluate`.
 #[derive(Args, Debug)]
@@ -94,6 +94,7 @@ impl EvaluateArgs {
             &loader,
             &device,
             self.json,
+            Tta::None,
         );
         let failed = predictions.failed.len();
         let report = Report::new(

@@ -24,7 +24,7 @@ use crate::options::{Session, TrainOptions};
 use crate::reporting::{Best, EpochResult, write_report};
 use crate::rng::Rng;
 use crate::run_dir::{RunDir, RunState, read_teacher};
-use crate::validation::predict_all;
+use crate::validation::{Tta, predict_all};
 use cxr::classifier::batch_input;
 
 /// `trainer train`.
@@ -230,6 +230,7 @@ fn end_epoch(
         &loader_config(opts),
         &base_device.clone().without_autodiff(),
         quiet,
+        Tta::None,
     );
     let result = EpochResult {
         epoch: stats.epoch + 1,

@@ -80,20 +80,9 @@ fn batch_probabilities(
     p
 }
 
-/// Probabilities for every image of `items`, and the mean plain cross-entropy.
+/// Probabilities for every image of `items` (with test-time augmentation `tta`), and the mean
+/// plain cross-entropy.
 pub fn predict_all(
-    model: &ResNet,
-    root: &Path,
-    items: &[Item],
-    loader: &LoaderConfig,
-    device: &Device,
-    quiet: bool,
-) -> Predictions {
-    predict_all_tta(model, root, items, loader, device, quiet, Tta::None)
-}
-
-/// [`predict_all`] with test-time augmentation.
-pub fn predict_all_tta(
     model: &ResNet,
     root: &Path,
     items: &[Item],

@@ -28,7 +28,7 @@ use crate::loader::LoaderConfig;
 use crate::options::{Session, TrainOptions};
 use crate::run_dir::RunDir;
 use crate::train::train;
-use crate::validation::predict_all;
+use crate::validation::{Tta, predict_all};
 use files::{CvDir, FoldScores};
 use plan::{CvPlan, check_disjoint};
 use teachers::TeacherRecipe;
@@ -281,6 +281,7 @@ fn run_fold(
         &loader,
         device,
         quiet,
+        Tta::None,
     );
     let fold = FoldScores {
         repeat: r,

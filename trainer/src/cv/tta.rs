@@ -15,7 +15,7 @@ use super::plan::{CvPlan, check_disjoint};
 use super::report;
 use crate::loader::LoaderConfig;
 use crate::run_dir::RunDir;
-use crate::validation::{Tta, predict_all_tta};
+use crate::validation::{Tta, predict_all};
 
 /// `trainer cv tta`.
 #[derive(Args, Debug)]
@@ -87,8 +87,7 @@ fn rescore(
         size: classifier.info().input_size,
     };
     let data = &plan.options.data;
-    let predict =
-        |items| predict_all_tta(classifier.model(), data, items, &loader, device, true, tta);
+    let predict = |items| predict_all(classifier.model(), data, items, &loader, device, true, tta);
     let valid = predict(&split.valid);
     let threshold = crate::metrics::threshold_for_sensitivity(
         &valid.scores,

@@ -20,7 +20,7 @@ use crate::metrics::{self, Report};
 use crate::ood;
 use crate::options::TrainOptions;
 use crate::run_dir::{RunDir, write_atomic};
-use crate::validation::predict_all;
+use crate::validation::{Tta, predict_all};
 
 /// `trainer export`.
 #[derive(Args, Debug)]
@@ -116,6 +116,7 @@ fn revalidate(
         &loader_config(info),
         &Device::flex(),
         true,
+        Tta::None,
     );
     if !valid.failed.is_empty() {
         bail!(
