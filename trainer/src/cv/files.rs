@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use super::plan::CvPlan;
 use crate::run_dir::write_atomic;
+use crate::validation::Predictions;
 
 const PLAN: &str = "cv.json";
 const SCORES: &str = "scores.json";
@@ -36,6 +37,27 @@ pub struct FoldScores {
     /// Images that could not be read: (file, reason).
     #[serde(default)]
     pub failed: Vec<(String, String)>,
+}
+
+impl FoldScores {
+    /// Fold `k` of repeat `r` as a model chosen at `best_epoch` with `threshold` scored it.
+    pub fn new(
+        (repeat, fold): (usize, usize),
+        best_epoch: usize,
+        threshold: f32,
+        p: Predictions,
+    ) -> Self {
+        Self {
+            repeat,
+            fold,
+            best_epoch,
+            threshold,
+            files: p.files,
+            labels: p.labels,
+            scores: p.scores,
+            failed: p.failed,
+        }
+    }
 }
 
 /// A cross-validation folder.

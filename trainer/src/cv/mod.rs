@@ -23,12 +23,13 @@ use clap::{Args, Subcommand};
 use cxr::Classifier;
 
 use crate::data;
+use crate::data::Item;
 use crate::device;
 use crate::loader::LoaderConfig;
 use crate::options::{Session, TrainOptions};
 use crate::run_dir::RunDir;
 use crate::train::train;
-use crate::validation::{Tta, predict_all};
+use crate::validation::{Predictions, Tta, predict_all};
 use files::{CvDir, FoldScores};
 use plan::{CvPlan, check_disjoint};
 use teachers::TeacherRecipe;
@@ -266,34 +267,43 @@ fn run_fold(
     let best = run
         .read_best()?
         .with_context(|| format!("{}: the run has no best epoch", dir.display()))?;
-    let classifier = Classifier::from_bytes(&run.read_best_checkpoint()?, device)
-        .with_context(|| run.best_checkpoint_path().display().to_string())?;
-    let loader = LoaderConfig {
-        batch_size: opts.batch_size,
-        workers: opts.workers,
-        prefetch: 2,
-        size: classifier.info().input_size,
-    };
-    let p = predict_all(
-        classifier.model(),
-        &opts.data,
-        &scored,
-        &loader,
-        device,
-        quiet,
-        Tta::None,
-    );
-    let fold = FoldScores {
-        repeat: r,
-        fold: k,
-        best_epoch: best.epoch,
-        // Chosen on the inner validation split's scores (the same computation as these).
-        threshold: best.validation.threshold,
-        files: p.files,
-        labels: p.labels,
-        scores: p.scores,
-        failed: p.failed,
-    };
+    let model = BestModel::load(&run, &opts, device)?;
+    let p = model.predict(&opts.data, &scored, device, quiet, Tta::None);
+    // The threshold was chosen on the inner validation split's scores (computed as these).
+    let fold = FoldScores::new((r, k), best.epoch, best.validation.threshold, p);
     cv.write_scores(&fold)?;
     Ok(fold)
+}
+
+/// A fold's best checkpoint, with the loader settings its images are scored with.
+struct BestModel {
+    classifier: Classifier,
+    loader: LoaderConfig,
+}
+
+impl BestModel {
+    fn load(run: &RunDir, opts: &TrainOptions, device: &Device) -> Result<Self> {
+        let classifier = Classifier::from_bytes(&run.read_best_checkpoint()?, device)
+            .with_context(|| run.best_checkpoint_path().display().to_string())?;
+        let loader = LoaderConfig {
+            batch_size: opts.batch_size,
+            workers: opts.workers,
+            prefetch: 2,
+            size: classifier.info().input_size,
+        };
+        Ok(Self { classifier, loader })
+    }
+
+    /// The probabilities of `items` under `root`.
+    fn predict(
+        &self,
+        root: &Path,
+        items: &[Item],
+        device: &Device,
+        quiet: bool,
+        tta: Tta,
+    ) -> Predictions {
+        let model = self.classifier.model();
+        predict_all(model, root, items, &self.loader, device, quiet, tta)
+    }
 }

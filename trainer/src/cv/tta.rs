@@ -8,14 +8,13 @@ use std::path::PathBuf;
 use anyhow::{Context, Result, bail};
 use burn::tensor::Device;
 use clap::Args;
-use cxr::Classifier;
 
+use super::BestModel;
 use super::files::{CvDir, FoldScores};
 use super::plan::{CvPlan, check_disjoint};
 use super::report;
-use crate::loader::LoaderConfig;
 use crate::run_dir::RunDir;
-use crate::validation::{Tta, predict_all};
+use crate::validation::Tta;
 
 /// `trainer cv tta`.
 #[derive(Args, Debug)]
@@ -78,31 +77,19 @@ fn rescore(
     let split = run.read_split()?;
     let scored = plan.scored(r, k);
     check_disjoint(&split, &scored).with_context(|| run.split_path().display().to_string())?;
-    let classifier = Classifier::from_bytes(&run.read_best_checkpoint()?, device)
-        .with_context(|| run.best_checkpoint_path().display().to_string())?;
-    let loader = LoaderConfig {
-        batch_size: 16,
-        workers: 2,
-        prefetch: 2,
-        size: classifier.info().input_size,
-    };
+    let model = BestModel::load(&run, &plan.options, device)?;
     let data = &plan.options.data;
-    let predict = |items| predict_all(classifier.model(), data, items, &loader, device, true, tta);
-    let valid = predict(&split.valid);
+    let valid = model.predict(data, &split.valid, device, true, tta);
     let threshold = crate::metrics::threshold_for_sensitivity(
         &valid.scores,
         &valid.labels,
         plan.options.target_sensitivity,
     );
-    let p = predict(&scored);
-    Ok(FoldScores {
-        repeat: r,
-        fold: k,
-        best_epoch: finished.best_epoch,
+    let scored_now = model.predict(data, &scored, device, true, tta);
+    Ok(FoldScores::new(
+        (r, k),
+        finished.best_epoch,
         threshold,
-        files: p.files,
-        labels: p.labels,
-        scores: p.scores,
-        failed: p.failed,
-    })
+        scored_now,
+    ))
 }

@@ -332,7 +332,7 @@ pub fn finetune(package: &Path, run: &RunDir, o: &FinetuneOptions) -> Result<ser
     } else {
         cross_fit(package, &setup, o, &device)?.0
     };
-    Ok(with_context(report, run, &setup, o))
+    Ok(with_run_details(report, run, &setup, o))
 }
 
 /// [`finetune`] cross-fitted (`o.folds` ≥ 2), the k networks also scoring `extra` (images
@@ -352,10 +352,10 @@ pub fn cross_fit_scoring(
     let device = Device::flex();
     let setup = Setup::new(package, run, extra, &device)?;
     let (report, result) = cross_fit(package, &setup, o, &device)?;
-    Ok((with_context(report, run, &setup, o), result))
+    Ok((with_run_details(report, run, &setup, o), result))
 }
 
-fn with_context(
+fn with_run_details(
     mut report: serde_json::Value,
     run: &RunDir,
     setup: &Setup,
