@@ -9,6 +9,7 @@
 mod bootstrap;
 mod compare;
 mod files;
+mod leaks;
 mod plan;
 mod report;
 mod teachers;
@@ -100,6 +101,9 @@ pub enum CvCommand {
     /// Score a finished cv's fold models again with test-time augmentation (a new cv folder on
     /// the same folds, for `cv compare`).
     Tta(tta::CvTtaArgs),
+    /// How much likely same-patient films on both sides of a finished cv's folds flattered its
+    /// AUC: every image against those without a group mate in their training part, paired.
+    Leaks(leaks::CvLeaksArgs),
 }
 
 impl CvArgs {
@@ -107,6 +111,7 @@ impl CvArgs {
         match self.command {
             Some(CvCommand::Compare(args)) => return args.run(),
             Some(CvCommand::Tta(args)) => return args.run(),
+            Some(CvCommand::Leaks(args)) => return args.run(),
             None => {}
         }
         let (device, name) = device::select(self.session.backend)?;
