@@ -24,6 +24,36 @@ pub struct ModelCard {
     /// parameters themselves are [`crate::ModelInfo::calibration`]).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub calibration: Option<CalibrationCard>,
+    /// The training recipe's cross-validation: what models trained this way score on images
+    /// they never saw (`None`: not cross-validated).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cross_validation: Option<CrossValidationCard>,
+}
+
+/// Figures of a K-fold cross-validation of the recipe that trained the model (`trainer
+/// calibrate --cv`): every fold's model, epoch and threshold chosen inside the fold, its
+/// held-out images scored, all folds pooled.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct CrossValidationCard {
+    /// The recipe cross-validated, in words.
+    pub recipe: String,
+    /// The cv folder the figures come from.
+    pub source: String,
+    pub folds: usize,
+    pub repeats: usize,
+    /// Images pooled, and those with effusion among them.
+    pub images: usize,
+    pub effusion: usize,
+    /// Groups of likely same-patient films kept in one fold.
+    pub groups: usize,
+    /// Pooled out-of-fold AUC with its bootstrap 95 % CI.
+    pub auc: Option<f64>,
+    pub auc_ci95: Option<(f64, f64)>,
+    pub fold_aucs: Vec<Option<f64>>,
+    /// Each fold scored at its own threshold, the confusion summed over folds.
+    pub sensitivity: Option<f64>,
+    pub specificity: Option<f64>,
 }
 
 /// What the calibration was fitted on and how well calibrated the probability is before and

@@ -98,7 +98,11 @@ function showCard(info, markdown) {
   const v = (info.card && info.card.validation) || {};
   const auc = typeof v.auc === 'number' ? v.auc.toFixed(3) : 'n/a';
   const ci = Array.isArray(v.auc_ci95) ? ` (95% CI ${v.auc_ci95[0].toFixed(3)}–${v.auc_ci95[1].toFixed(3)})` : '';
-  $('card-summary').textContent = `${info.name}. Validation AUC ${auc}${ci} on ${v.images ?? '?'} NIH images; ` +
+  const cv = info.card && info.card.cross_validation;
+  const cvText = cv && typeof cv.auc === 'number'
+    ? `Cross-validated AUC ${cv.auc.toFixed(3)}${Array.isArray(cv.auc_ci95) ? ` (95% CI ${cv.auc_ci95[0].toFixed(3)}–${cv.auc_ci95[1].toFixed(3)})` : ''} over ${cv.images} NIH images (${cv.folds} folds). `
+    : '';
+  $('card-summary').textContent = `${info.name}. ${cvText}Validation AUC ${auc}${ci} on ${v.images ?? '?'} NIH images; ` +
     `threshold ${info.card && info.card.calibration ? `${info.card.calibration.threshold.toFixed(3)} (calibrated)` : info.threshold}. Input ${info.input_size}×${info.input_size}. Not for clinical use.`;
   $('card-text').textContent = markdown;
 }

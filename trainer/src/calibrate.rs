@@ -28,13 +28,18 @@ pub struct CalibrateArgs {
     pub weights: Option<PathBuf>,
     /// Data folder holding the validation files recorded in the model card: the model scores
     /// them and the calibration is fitted on those scores (when --scores is not given).
-    #[arg(long, required_unless_present = "scores")]
+    #[arg(long, required_unless_present_any = ["scores", "cv"])]
     pub data: Option<PathBuf>,
     /// Fit on these held-out scores instead: a CSV with the columns file, label (1/0 or
     /// effusion/nofinding) and score (the raw probability of effusion), such as the
     /// out-of-fold `oof.csv` of `trainer cv`; other columns are ignored.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "cv")]
     pub scores: Option<PathBuf>,
+    /// Fit on the out-of-fold scores of this finished `trainer cv` of the model's recipe (every
+    /// fold, every repeat), and record the cv's figures (pooled AUC with CI, per fold,
+    /// sensitivity and specificity) in the model card.
+    #[arg(long, value_name = "CV_DIR")]
+    pub cv: Option<PathBuf>,
     /// Platt scaling (slope and intercept) or temperature scaling (slope only).
     #[arg(long, value_enum, default_value = "platt")]
     pub method: MethodArg,
@@ -76,10 +81,37 @@ impl CalibrateArgs {
             None => cxr::embedded::MODEL.to_vec(),
         };
         let mut info = cxr::weights::read_info(&original).context("the model to calibrate")?;
-        let held_out = match (&self.scores, &self.data) {
-            (Some(csv), _) => read_scores_csv(csv)?,
-            (None, Some(data)) => score_validation_files(&original, &info, data)?,
-            (None, None) => bail!("give --data (the card's validation images) or --scores FILE"),
+        let held_out = match (&self.cv, &self.scores, &self.data) {
+            (Some(dir), _, _) => {
+                let cv = crate::cv::read_finished(dir)?;
+                if cv.input_size != info.input_size {
+                    bail!(
+                        "{} cross-validated models of input {}x{}, but this model takes {}x{}: \
+                         not its recipe",
+                        dir.display(),
+                        cv.input_size,
+                        cv.input_size,
+                        info.input_size,
+                        info.input_size
+                    );
+                }
+                info.card.cross_validation = Some(cv.card);
+                HeldOut {
+                    source: format!(
+                        "the {} out-of-fold scores of the cross-validation of this model's recipe \
+                         ({}): models of the same recipe, each scoring images it never saw",
+                        cv.scores.len(),
+                        dir.display()
+                    ),
+                    scores: cv.scores,
+                    labels: cv.labels,
+                }
+            }
+            (None, Some(csv), _) => read_scores_csv(csv)?,
+            (None, None, Some(data)) => score_validation_files(&original, &info, data)?,
+            (None, None, None) => {
+                bail!("give --cv CV_DIR, --scores FILE or --data (the card's validation images)")
+            }
         };
         let command = std::iter::once("trainer".to_string())
             .chain(std::env::args().skip(1))

@@ -130,6 +130,7 @@ impl Best<'_> {
             },
             calibration: None,
             ood: None,
+            cross_validation: None,
         };
         info
     }

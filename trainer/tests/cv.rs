@@ -205,6 +205,67 @@ fn cv_scores_every_image_out_of_fold_keeps_groups_and_compares_on_the_same_folds
 
     compare_on_the_same_folds_only(&data, &a, g);
     flipped_scores_are_a_cv_on_the_same_folds(&a);
+    a_grouped_cv_has_no_leaks(&a, g);
+    calibrated_on_the_cv_the_card_records_its_figures(&a);
+}
+
+/// `cv leaks`: a cv that kept every group in one fold scored no image beside a film of its group.
+fn a_grouped_cv_has_no_leaks(a: &Path, groups: &str) {
+    let stdout = succeeded(&trainer(&[
+        "cv",
+        "leaks",
+        a.to_str().unwrap(),
+        "--groups",
+        groups,
+        "--json",
+    ]));
+    let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(report["images_in_groups"], 8, "{report}");
+    assert_eq!(report["leaked"], 0, "{report}");
+    assert_eq!(report["difference"], 0.0, "{report}");
+}
+
+/// `calibrate --cv`: fitted on the cv's out-of-fold scores, with the cv's figures in the card;
+/// refused for a model of another input size (not the cv's recipe).
+fn calibrated_on_the_cv_the_card_records_its_figures(a: &Path) {
+    let out = a.with_file_name("calibrated");
+    let weights = a.join("repeat1-fold1").join("best.cxrw");
+    let stdout = succeeded(&trainer(&[
+        "calibrate",
+        "--cv",
+        a.to_str().unwrap(),
+        "--weights",
+        weights.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]));
+    assert!(stdout.contains("12 out-of-fold scores"), "{stdout}");
+    let report = json(&a.join("report.json"));
+    let info = cxr::weights::read_info(&std::fs::read(out.join("effusion.cxrw")).unwrap()).unwrap();
+    let cv = info
+        .card
+        .cross_validation
+        .expect("the cv's figures in the card");
+    assert_eq!(cv.auc, report["auc"].as_f64(), "{report}");
+    assert_eq!((cv.images, cv.folds, cv.groups), (12, 3, 4));
+    assert_eq!(cv.fold_aucs.len(), 3);
+    assert!(info.calibration.is_some());
+    let card = std::fs::read_to_string(out.join("MODEL_CARD.md")).unwrap();
+    let auc = format!("pooled out-of-fold AUC **{:.3}", cv.auc.unwrap());
+    assert!(card.contains(&auc), "{card}");
+    // The embedded model takes 256x256 inputs; these fold models 64x64.
+    let refused = trainer(&[
+        "calibrate",
+        "--cv",
+        a.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        !refused.status.success() && stderr.contains("not its recipe"),
+        "{stderr}"
+    );
 }
 
 /// `cv tta`: the fold models score again with the mirror image; a new cv folder on the same

@@ -280,6 +280,48 @@ fn run_fold(
     Ok(fold)
 }
 
+/// A finished cross-validation as `calibrate --cv` reads it.
+pub struct FinishedCv {
+    /// The input size its models were trained at.
+    pub input_size: usize,
+    /// Every out-of-fold score, one per image and repeat (the rows of `oof.csv`).
+    pub scores: Vec<f32>,
+    pub labels: Vec<u8>,
+    /// Its figures, for the model card.
+    pub card: cxr::model_card::CrossValidationCard,
+}
+
+/// The finished cross-validation in `dir`; an error names the folds still to run.
+pub fn read_finished(dir: &Path) -> Result<FinishedCv> {
+    let cv = CvDir::open(dir);
+    let plan = cv.read_plan()?;
+    let folds = cv.read_all_scores(&plan)?;
+    let (report, _) = report::build(&plan, &folds)?;
+    let o = &plan.options;
+    let how = match &plan.teachers {
+        Some(t) => format!(
+            "distilled from {} ImageNet ResNet-50 teachers fine-tuned inside each fold",
+            t.folds
+        ),
+        None => "trained from scratch".into(),
+    };
+    let recipe = format!(
+        "{how}; width x{}, input {}x{}, {} epochs, seed {}",
+        o.width, o.input_size, o.input_size, o.epochs, o.seed
+    );
+    let card = report::card(&report, recipe, dir.display().to_string());
+    let (scores, labels) = folds
+        .iter()
+        .flat_map(|f| f.scores.iter().copied().zip(f.labels.iter().copied()))
+        .unzip();
+    Ok(FinishedCv {
+        input_size: o.input_size,
+        scores,
+        labels,
+        card,
+    })
+}
+
 /// A fold's best checkpoint, with the loader settings its images are scored with.
 struct BestModel {
     classifier: Classifier,

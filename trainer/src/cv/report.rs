@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 
 use anyhow::{Result, bail};
+use cxr::model_card::CrossValidationCard;
 use serde::Serialize;
 
 use super::bootstrap::{self, OofScores};
@@ -130,6 +131,15 @@ fn operating_point(plan: &CvPlan, folds: &[FoldScores]) -> OperatingPoint {
 
 /// The report of a finished cross-validation, with `oof.csv` and `roc.svg` written beside it.
 pub fn write<'a>(cv: &CvDir, plan: &'a CvPlan, folds: &[FoldScores]) -> Result<CvReport<'a>> {
+    let (report, oof) = build(plan, folds)?;
+    write_atomic(&cv.file(OOF), &oof_csv(folds)?)?;
+    write_atomic(&cv.file(ROC), roc_svg(&oof, report.auc).as_bytes())?;
+    write_atomic(&cv.file(REPORT), &serde_json::to_vec_pretty(&report)?)?;
+    Ok(report)
+}
+
+/// The figures of a finished cross-validation, and the pooled scores they come from.
+pub fn build<'a>(plan: &'a CvPlan, folds: &[FoldScores]) -> Result<(CvReport<'a>, OofScores)> {
     let oof = pooled(plan, folds);
     if oof.labels.is_empty() {
         bail!("no image was scored in every repeat");
@@ -158,10 +168,26 @@ pub fn write<'a>(cv: &CvDir, plan: &'a CvPlan, folds: &[FoldScores]) -> Result<C
         options: &plan.options,
         files: [OOF, ROC],
     };
-    write_atomic(&cv.file(OOF), &oof_csv(folds)?)?;
-    write_atomic(&cv.file(ROC), roc_svg(&oof, report.auc).as_bytes())?;
-    write_atomic(&cv.file(REPORT), &serde_json::to_vec_pretty(&report)?)?;
-    Ok(report)
+    Ok((report, oof))
+}
+
+/// The report as the model card records it; `recipe` says in words what was cross-validated.
+pub fn card(report: &CvReport, recipe: String, source: String) -> CrossValidationCard {
+    let finite = |v: f64| Some(v).filter(|v| v.is_finite());
+    CrossValidationCard {
+        recipe,
+        source,
+        folds: report.folds,
+        repeats: report.repeats,
+        images: report.images,
+        effusion: report.positives,
+        groups: report.groups,
+        auc: report.auc,
+        auc_ci95: report.auc_ci95,
+        fold_aucs: report.per_fold.iter().map(|f| f.auc).collect(),
+        sensitivity: finite(report.operating_point.sensitivity),
+        specificity: finite(report.operating_point.specificity),
+    }
 }
 
 /// `oof.csv`: one row per image and repeat (fold and repeat 1-based).

@@ -42,9 +42,10 @@ pub fn model_card(info: &ModelInfo, file_bytes: usize) -> String {
         .as_deref()
         .unwrap_or("(not recorded)");
     format!(
-        "{summary}\n## Calibration\n{calibration}\n\n{DATA_AND_USE}\n## Not-a-chest-X-ray check\n{ood}\n\n{INTENDED_USE}\n## Training command\n```\n{command}\n```\n",
+        "{summary}\n## Cross-validation\n{cv}\n\n## Calibration\n{calibration}\n\n{DATA_AND_USE}\n## Not-a-chest-X-ray check\n{ood}\n\n{INTENDED_USE}\n## Training command\n```\n{command}\n```\n",
         summary = summary(info, file_bytes),
         calibration = calibration_text(info),
+        cv = cross_validation_text(info),
         ood = info
             .card
             .ood
@@ -76,6 +77,7 @@ treat or triage patients.
 | Weight file | {kib:.0} KiB (f16) |
 | Input | whole image, greyscale, min-max normalised, stretched to {size}x{size} |
 | Threshold | {threshold} |
+| Cross-validated AUC | {cv_auc} |
 | Validation AUC | {auc}{ci} on {vn} images ({vp} effusion) |
 | At the threshold | sensitivity {sens}, specificity {spec}, accuracy {acc} |
 | Training images | {tn} ({tp} effusion, {tneg} no finding) |
@@ -90,6 +92,18 @@ treat or triage patients.
         size = info.input_size,
         threshold = threshold_text(info),
         auc = num(v.auc),
+        cv_auc = c.cross_validation.as_ref().map_or_else(
+            || "not recorded".to_string(),
+            |x| format!(
+                "{}{} pooled out-of-fold, {} folds of {} images",
+                num(x.auc),
+                x.auc_ci95
+                    .map(|(lo, hi)| format!(" (95 % CI {}–{})", num(Some(lo)), num(Some(hi))))
+                    .unwrap_or_default(),
+                x.folds,
+                x.images
+            )
+        ),
         vn = count(v.images),
         vp = count(v.effusion),
         sens = num(v.sensitivity),
@@ -100,6 +114,39 @@ treat or triage patients.
         tneg = count(t.nofinding),
         date = c.date.as_deref().unwrap_or("n/a"),
         epoch = count(c.epoch),
+    )
+}
+
+/// The cross-validation section: the recipe's out-of-fold figures, the ones to quote.
+fn cross_validation_text(info: &ModelInfo) -> String {
+    let Some(x) = &info.card.cross_validation else {
+        return "None recorded: the figures above come from the one validation split that also \
+                chose this model, so they flatter it."
+            .into();
+    };
+    let ci = x
+        .auc_ci95
+        .map(|(lo, hi)| format!(" (95 % CI {}–{})", num(Some(lo)), num(Some(hi))))
+        .unwrap_or_default();
+    let folds: Vec<String> = x.fold_aucs.iter().map(|a| num(*a)).collect();
+    format!(
+        "{k}-fold cross-validation ({r} repeat(s)) of this model's recipe: {recipe}. Over {n} images \
+({p} effusion; {g} same-patient group(s) kept in one fold): pooled out-of-fold AUC **{auc}{ci}**; \
+per fold {folds}. Each fold at its own threshold (chosen inside the fold): sensitivity {sens}, \
+specificity {spec}. Every fold's model, epoch and threshold were chosen without the images it \
+scored, unlike the validation figures above, which chose this model: these are the figures to \
+quote. Source: `{source}`.",
+        k = x.folds,
+        r = x.repeats,
+        recipe = x.recipe,
+        n = x.images,
+        p = x.effusion,
+        g = x.groups,
+        auc = num(x.auc),
+        folds = folds.join(", "),
+        sens = num(x.sensitivity),
+        spec = num(x.specificity),
+        source = x.source,
     )
 }
 
