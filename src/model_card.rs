@@ -80,6 +80,22 @@ pub struct CalibrationCard {
     /// Sensitivity and specificity at the threshold on these images, the same before and after.
     pub sensitivity: Option<f64>,
     pub specificity: Option<f64>,
+    /// When the fit used other models' scores (a cross-validation's out-of-fold ones): the same
+    /// measures on this model's own held-out images, which the fit never saw.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub check: Option<CalibrationCheck>,
+}
+
+/// Reliability of this model's raw and calibrated probability on images the fit did not use.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct CalibrationCheck {
+    /// Which images, in words.
+    pub images_are: String,
+    pub images: usize,
+    pub effusion: usize,
+    pub before: crate::calibration::Reliability,
+    pub after: crate::calibration::Reliability,
 }
 
 /// Figures on the validation split, at the stored threshold.

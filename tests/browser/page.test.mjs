@@ -75,7 +75,7 @@ test('the page loads to ready on the CPU path, with the notice, the model card a
   assert.match(await page.textContent('[data-testid=backend]'), /CPU.*\(wasm with relaxed SIMD\)/);
   // Chromium has relaxed SIMD: the worker loads that build of the wasm (www/wasm-flavour.js).
   assert.equal(await page.evaluate(() => document.body.dataset.wasm), 'relaxed-simd');
-  assert.match(await page.textContent('[data-testid=model-card]'), /Validation AUC 0\.\d+/);
+  assert.match(await page.textContent('[data-testid=model-card]'), /Cross-validated AUC 0\.\d+ \(95% CI 0\.\d+–0\.\d+\) over \d+ NIH images \(\d+ folds\)\. Validation AUC 0\.\d+/);
   assert.match(await page.textContent('[data-testid=status]'), /Model ready\./, 'self-test passed');
   assert.deepEqual(errors, []);
   await page.close();

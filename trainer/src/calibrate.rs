@@ -10,7 +10,7 @@ use burn::tensor::Device;
 use clap::{Args, ValueEnum};
 use cxr::ModelInfo;
 use cxr::calibration::{self, Calibration, Method};
-use cxr::model_card::{CalibrationCard, Confusion};
+use cxr::model_card::{CalibrationCard, CalibrationCheck, Confusion};
 
 use crate::data;
 use crate::export::model_card;
@@ -27,7 +27,9 @@ pub struct CalibrateArgs {
     #[arg(long)]
     pub weights: Option<PathBuf>,
     /// Data folder holding the validation files recorded in the model card: the model scores
-    /// them and the calibration is fitted on those scores (when --scores is not given).
+    /// them and the calibration is fitted on those scores (when neither --scores nor --cv is
+    /// given). With --cv, they check the fit instead: its reliability on this model's own
+    /// scores, which the fit did not use.
     #[arg(long, required_unless_present_any = ["scores", "cv"])]
     pub data: Option<PathBuf>,
     /// Fit on these held-out scores instead: a CSV with the columns file, label (1/0 or
@@ -124,6 +126,12 @@ impl CalibrateArgs {
             self.bins.into(),
             command,
         )?;
+        let mut card = card;
+        if let (Some(_), Some(data)) = (&self.cv, &self.data) {
+            // The fit used other models' scores: does it hold for this model's own?
+            let own = score_validation_files(&original, &info, data)?;
+            card.check = Some(check(&calibration, &own, self.bins.into()));
+        }
         info.calibration = Some(calibration);
         let svg = reliability_chart(&card.before, &card.after);
         info.card.calibration = Some(card);
@@ -304,8 +312,28 @@ pub fn fit_and_measure(
         threshold: Some(threshold),
         sensitivity: Some(before.sensitivity()),
         specificity: Some(before.specificity()),
+        check: None,
     };
     Ok((fitted, card))
+}
+
+/// The reliability of `held_out`'s raw and calibrated probabilities, for scores the fit did not
+/// use.
+fn check(fitted: &Calibration, held_out: &HeldOut, bins: usize) -> CalibrationCheck {
+    let labels = &held_out.labels;
+    let raw: Vec<f64> = held_out.scores.iter().map(|&s| f64::from(s)).collect();
+    let calibrated: Vec<f64> = held_out
+        .scores
+        .iter()
+        .map(|&s| fitted.probability_of_logit(logit_of_score(s)))
+        .collect();
+    CalibrationCheck {
+        images_are: held_out.source.clone(),
+        images: labels.len(),
+        effusion: labels.iter().filter(|&&l| l == 1).count(),
+        before: calibration::reliability(&raw, labels, bins),
+        after: calibration::reliability(&calibrated, labels, bins),
+    }
 }
 
 fn print_summary(info: &ModelInfo, out: &Path) {
@@ -337,6 +365,17 @@ fn print_summary(info: &ModelInfo, out: &Path) {
             .as_ref()
             .map_or_else(|| "n/a".into(), |r| format!("{:.3}", r.log_loss))
     );
+    if let Some(check) = &card.check {
+        println!(
+            "this model's own {} held-out images (not in the fit): ECE {:.3} before, {:.3} after; \
+             log-loss {:.3} before, {:.3} after",
+            check.images,
+            check.before.ece,
+            check.after.ece,
+            check.before.log_loss,
+            check.after.log_loss
+        );
+    }
     println!(
         "threshold:   {:.3} raw = {:.3} calibrated (sensitivity {:.3}, specificity {:.3}, unchanged)",
         info.threshold,

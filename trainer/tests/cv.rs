@@ -206,7 +206,7 @@ fn cv_scores_every_image_out_of_fold_keeps_groups_and_compares_on_the_same_folds
     compare_on_the_same_folds_only(&data, &a, g);
     flipped_scores_are_a_cv_on_the_same_folds(&a);
     a_grouped_cv_has_no_leaks(&a, g);
-    calibrated_on_the_cv_the_card_records_its_figures(&a);
+    calibrated_on_the_cv_the_card_records_its_figures(&data, &a);
 }
 
 /// `cv leaks`: a cv that kept every group in one fold scored no image beside a film of its group.
@@ -226,8 +226,9 @@ fn a_grouped_cv_has_no_leaks(a: &Path, groups: &str) {
 }
 
 /// `calibrate --cv`: fitted on the cv's out-of-fold scores, with the cv's figures in the card;
-/// refused for a model of another input size (not the cv's recipe).
-fn calibrated_on_the_cv_the_card_records_its_figures(a: &Path) {
+/// checked on the model's own validation images; refused for a model of another input size
+/// (not the cv's recipe).
+fn calibrated_on_the_cv_the_card_records_its_figures(data: &Path, a: &Path) {
     let out = a.with_file_name("calibrated");
     let weights = a.join("repeat1-fold1").join("best.cxrw");
     let stdout = succeeded(&trainer(&[
@@ -236,10 +237,16 @@ fn calibrated_on_the_cv_the_card_records_its_figures(a: &Path) {
         a.to_str().unwrap(),
         "--weights",
         weights.to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
         "--out",
         out.to_str().unwrap(),
     ]));
     assert!(stdout.contains("12 out-of-fold scores"), "{stdout}");
+    assert!(
+        stdout.contains("held-out images (not in the fit)"),
+        "{stdout}"
+    );
     let report = json(&a.join("report.json"));
     let info = cxr::weights::read_info(&std::fs::read(out.join("effusion.cxrw")).unwrap()).unwrap();
     let cv = info
@@ -250,6 +257,12 @@ fn calibrated_on_the_cv_the_card_records_its_figures(a: &Path) {
     assert_eq!((cv.images, cv.folds, cv.groups), (12, 3, 4));
     assert_eq!(cv.fold_aucs.len(), 3);
     assert!(info.calibration.is_some());
+    let check = info
+        .card
+        .calibration
+        .and_then(|c| c.check)
+        .expect("the check");
+    assert_eq!(check.images, info.card.validation.files.len());
     let card = std::fs::read_to_string(out.join("MODEL_CARD.md")).unwrap();
     let auc = format!("pooled out-of-fold AUC **{:.3}", cv.auc.unwrap());
     assert!(card.contains(&auc), "{card}");

@@ -199,9 +199,9 @@ fitted by minimising the log-loss (Newton's method, Platt's smoothed targets) on
 It is the probability of effusion among images like these at their prevalence, {prevalence:.0} % effusion \
 ({training}). At another prevalence π, multiply its odds by \
 (π / (1 − π)) / ({prevalence:.0} / {rest:.0}); the page does this for a prevalence you enter. \
-The threshold keeps its decisions (sensitivity {sens}, specificity {spec} on these images).\n\n\
+The calibration keeps every decision at the threshold (on these scores: sensitivity {sens}, specificity {spec}).\n\n\
 Expected calibration error ({bins} equal-width bins, on the same {n} images): **{before:.3} before, \
-{after:.3} after** (fitted and measured on the same images); {crossed}.\n\n![Reliability diagram](reliability.svg)\n\n\
+{after:.3} after** (fitted and measured on the same images); {crossed}.{check}\n\n![Reliability diagram](reliability.svg)\n\n\
 | bin | images (raw) | mean raw p | effusion fraction | images (calibrated) | mean calibrated p | effusion fraction |\n\
 |---|---|---|---|---|---|---|\n{rows}",
         method = c.method,
@@ -225,6 +225,11 @@ Expected calibration error ({bins} equal-width bins, on the same {n} images): **
                 r.ece, card.before.log_loss, card.after.log_loss, r.log_loss
             )
         ),
+        check = card.check.as_ref().map_or_else(String::new, |k| format!(
+            "\n\nOn this model's own held-out images, which the fit did not use ({}: {} images, {} \
+             effusion): ECE **{:.3} before, {:.3} after**; mean log-loss {:.3} before, {:.3} after.",
+            k.images_are, k.images, k.effusion, k.before.ece, k.after.ece, k.before.log_loss, k.after.log_loss
+        )),
         sens = num(card.sensitivity),
         spec = num(card.specificity),
         bins = card.before.bins.len(),
