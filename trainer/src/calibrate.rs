@@ -328,7 +328,9 @@ fn check(fitted: &Calibration, held_out: &HeldOut, bins: usize) -> CalibrationCh
         .map(|&s| fitted.probability_of_logit(logit_of_score(s)))
         .collect();
     CalibrationCheck {
-        images_are: held_out.source.clone(),
+        images_are: "this model's scores on the validation images of its card, which chose its \
+                     epoch and threshold but not this calibration"
+            .into(),
         images: labels.len(),
         effusion: labels.iter().filter(|&&l| l == 1).count(),
         before: calibration::reliability(&raw, labels, bins),
