@@ -119,14 +119,13 @@ impl CalibrateArgs {
             .chain(std::env::args().skip(1))
             .collect::<Vec<_>>()
             .join(" ");
-        let (calibration, card) = fit_and_measure(
+        let (calibration, mut card) = fit_and_measure(
             &info,
             &held_out,
             self.method.into(),
             self.bins.into(),
             command,
         )?;
-        let mut card = card;
         if let (Some(_), Some(data)) = (&self.cv, &self.data) {
             // The fit used other models' scores: does it hold for this model's own?
             let own = score_validation_files(&original, &info, data)?;
@@ -289,8 +288,7 @@ pub fn fit_and_measure(
     let z: Vec<f64> = scores.iter().map(|&s| logit_of_score(s)).collect();
     let fitted = calibration::fit(&z, labels, method)
         .with_context(|| format!("fitting on {}", held_out.source))?;
-    let calibrated: Vec<f64> = z.iter().map(|&v| fitted.probability_of_logit(v)).collect();
-    let raw: Vec<f64> = scores.iter().map(|&s| f64::from(s)).collect();
+    let (raw, calibrated) = raw_and_calibrated(&fitted, scores);
     let threshold = fitted.probability(f64::from(info.threshold));
     let calibrated_f32: Vec<f32> = calibrated.iter().map(|&p| p as f32).collect();
     let before = Confusion::at(scores, labels, info.threshold);
@@ -317,16 +315,21 @@ pub fn fit_and_measure(
     Ok((fitted, card))
 }
 
+/// Raw scores as probabilities, and the same through `fitted`.
+fn raw_and_calibrated(fitted: &Calibration, scores: &[f32]) -> (Vec<f64>, Vec<f64>) {
+    let raw = scores.iter().map(|&s| f64::from(s)).collect();
+    let calibrated = scores
+        .iter()
+        .map(|&s| fitted.probability_of_logit(logit_of_score(s)))
+        .collect();
+    (raw, calibrated)
+}
+
 /// The reliability of `held_out`'s raw and calibrated probabilities, for scores the fit did not
 /// use.
 fn check(fitted: &Calibration, held_out: &HeldOut, bins: usize) -> CalibrationCheck {
     let labels = &held_out.labels;
-    let raw: Vec<f64> = held_out.scores.iter().map(|&s| f64::from(s)).collect();
-    let calibrated: Vec<f64> = held_out
-        .scores
-        .iter()
-        .map(|&s| fitted.probability_of_logit(logit_of_score(s)))
-        .collect();
+    let (raw, calibrated) = raw_and_calibrated(fitted, &held_out.scores);
     CalibrationCheck {
         images_are: "this model's scores on the validation images of its card, which chose its \
                      epoch and threshold but not this calibration"

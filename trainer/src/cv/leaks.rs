@@ -42,13 +42,10 @@ impl CvLeaksArgs {
         let files: Vec<String> = plan.items.iter().map(|i| i.file.clone()).collect();
         let leaked = leaked_files(&files, &plan.fold_of, &groups)?;
         let oof = pooled(&plan, &cv.read_all_scores(&plan)?);
-        let Some(effect) = leak_effect(&oof, &leaked, self.resamples.max(1), 2024) else {
+        let Some(mut effect) = leak_effect(&oof, &leaked, self.resamples.max(1), 2024) else {
             bail!("no AUC: the images left hold one class only");
         };
-        let effect = LeakReport {
-            images_in_groups: groups.grouped_images(),
-            ..effect
-        };
+        effect.images_in_groups = groups.grouped_images();
         if self.json {
             println!("{}", serde_json::to_string_pretty(&effect)?);
         } else {
