@@ -5,7 +5,10 @@
 
 use gemm::Parallelism;
 
-use super::microkernel::{self, Destination, NativeLanes, PackedWeights};
+use std::ops::Range;
+
+use super::microkernel::{self, Destination, NativeLanes, PackedWeights, TILE_ROWS};
+use super::padded::PaddedInput;
 
 /// Shape of one square convolution over an NCHW batch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -79,19 +82,32 @@ impl Epilogue<'_> {
 /// How each segment's matrix product is computed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Product {
-    /// The `gemm` crate, then the epilogue over the segment: natively, where its AVX2/AVX-512
-    /// kernels are chosen at run time.
+    /// The `gemm` crate, then the epilogue over the segment: natively on CPUs without AVX-512,
+    /// where its AVX2 kernels are chosen at run time.
     Gemm,
-    /// The project's register tiles with the epilogue in registers ([`microkernel`]): in wasm.
+    /// The project's register tiles with the epilogue in registers ([`microkernel`]): in wasm
+    /// on simd128, natively on AVX-512 ([`super::avx512`]).
     Tiles,
 }
 
 impl Product {
-    pub const DEFAULT: Self = if cfg!(target_family = "wasm") {
-        Self::Tiles
-    } else {
-        Self::Gemm
-    };
+    /// The product for this build and CPU: the tiles in wasm and where the CPU has AVX-512,
+    /// else gemm. A model's weights are prepared for it when it loads.
+    pub fn best() -> Self {
+        if cfg!(target_family = "wasm") || native_tiles() {
+            Self::Tiles
+        } else {
+            Self::Gemm
+        }
+    }
+}
+
+/// Whether the register tiles run on this CPU's own wide registers (AVX-512).
+fn native_tiles() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    return super::avx512::available();
+    #[cfg(not(target_arch = "x86_64"))]
+    return false;
 }
 
 /// `input` `[batch, in, h, w]`, `weight` `[out, in * k * k]` (row-major, the (in, ky, kx) order
@@ -124,38 +140,97 @@ pub fn conv2d_prepared(
     assert_eq!(input.len(), g.batch * g.in_channels * g.in_pixels());
     assert_eq!(weights.shape(), (g.out_channels, g.patch_len()));
     epilogue.check(g.out_channels, out_len);
+    let padded = padded_input(input, g, weights);
     run_segments(
         g.batch,
         g.out_pixels(),
         g.segment_len(),
+        g.out_channels,
         out_len,
-        |b, pixels, out| {
-            // SAFETY: every segment writes only the columns `pixels` of its own image `b`.
-            unsafe { conv_segment(input, g, weights, epilogue, b, pixels, out) };
+        |task, out| {
+            // SAFETY: every task writes exactly the columns `task.units` of rows
+            // `task.channels` of its own image `task.b`.
+            unsafe { conv_segment(input, padded.as_ref(), g, weights, epilogue, task, out) };
         },
     )
 }
 
-/// Runs `segment(b, range, out)` for every image `b` and every `step`-long range of
-/// `0..units` (on rayon's threads natively) over a zeroed output of `out_len` values, and
-/// returns the output. Each segment must write only its own part of it.
+/// Where the product reads the columns in place ([`PaddedInput`]: AVX-512 tiles, output rows of
+/// whole registers), the input's padded copy; else `None` (im2col by segments).
+fn padded_input(input: &[f32], g: ConvGeometry, weights: &Weights<'_>) -> Option<PaddedInput> {
+    let tiles = matches!(weights, Weights::Packed(_)) && native_tiles();
+    (tiles && PaddedInput::fits(&g)).then(|| PaddedInput::new(input, g))
+}
+
+/// One task of a convolution: image `b`, a range of its output pixels (or Winograd's tile rows)
+/// and a range of its output channels (whole blocks of the tiles' rows).
+#[derive(Debug, Clone)]
+pub(super) struct Task {
+    pub b: usize,
+    pub units: Range<usize>,
+    pub channels: Range<usize>,
+}
+
+/// Runs `segment(task, out)` for every image, every `step`-long range of `0..units` and every
+/// group of the `channels` output channels (on rayon's threads natively), and returns the
+/// `out_len` output values. Each task must write exactly its own part of the output, and the
+/// tasks together all of it: the output is not zeroed first.
 pub(super) fn run_segments(
     batch: usize,
     units: usize,
     step: usize,
+    channels: usize,
     out_len: usize,
-    segment: impl Fn(usize, std::ops::Range<usize>, SharedOut) + Sync + Send,
+    segment: impl Fn(Task, SharedOut) + Sync + Send,
 ) -> Vec<f32> {
-    let mut out = vec![0f32; out_len];
-    let tasks: Vec<(usize, usize)> = (0..batch)
-        .flat_map(|b| (0..units).step_by(step.max(1)).map(move |s| (b, s)))
+    let step = step.max(1);
+    let group = channel_group(batch * units.div_ceil(step), channels);
+    let tasks: Vec<Task> = (0..batch)
+        .flat_map(|b| {
+            (0..units)
+                .step_by(step)
+                .map(move |s| (b, s..(s + step).min(units)))
+        })
+        .flat_map(|(b, units)| {
+            (0..channels).step_by(group).map(move |c| Task {
+                b,
+                units: units.clone(),
+                channels: c..(c + group).min(channels),
+            })
+        })
         .collect();
+    let mut out: Vec<f32> = Vec::with_capacity(out_len);
     let out_ptr = SharedOut(out.as_mut_ptr());
-    // `out` outlives the loop; the segments write disjoint parts of it (the caller's contract).
-    for_each_task(&tasks, |&(b, start)| {
-        segment(b, start..(start + step).min(units), out_ptr);
-    });
+    // `out` outlives the loop; the tasks write disjoint parts of it (the caller's contract).
+    for_each_task(&tasks, |task| segment(task.clone(), out_ptr));
+    // SAFETY: the tasks have written all `out_len` values (the caller's contract).
+    unsafe { out.set_len(out_len) };
     out
+}
+
+/// Output channels per task: all of them when the pixel segments alone give each thread a task;
+/// else fewer (whole blocks of [`TILE_ROWS`]), so that the last, small layers (one or two
+/// segments) do not run on one thread while the others wait.
+fn channel_group(segments: usize, channels: usize) -> usize {
+    let wanted = threads();
+    if segments >= wanted {
+        return channels.max(1);
+    }
+    let groups = wanted.div_ceil(segments.max(1));
+    channels
+        .div_ceil(groups)
+        .next_multiple_of(TILE_ROWS)
+        .max(TILE_ROWS)
+}
+
+#[cfg(not(target_family = "wasm"))]
+fn threads() -> usize {
+    rayon::current_num_threads()
+}
+
+#[cfg(target_family = "wasm")]
+fn threads() -> usize {
+    1
 }
 
 /// A `[rows, depth]` weight matrix as the chosen product reads it.
@@ -222,6 +297,22 @@ impl<'a> Weights<'a> {
         }
     }
 
+    /// Rows `range` alone, borrowed.
+    ///
+    /// # Panics
+    /// When the range starts inside a block of [`TILE_ROWS`] rows or ends past the last row (a
+    /// programming error).
+    pub(super) fn rows(&self, range: Range<usize>) -> Weights<'_> {
+        match self {
+            &Self::Plain { values, depth, .. } => Weights::Plain {
+                values: &values[range.start * depth..range.end * depth],
+                rows: range.len(),
+                depth,
+            },
+            Self::Packed(packed) => Weights::Packed(packed.rows(range)),
+        }
+    }
+
     /// `to[rows, len] = epilogue(self · rhs[depth, len])`, `rhs` rows `rhs_stride` apart.
     ///
     /// # Safety
@@ -236,6 +327,10 @@ impl<'a> Weights<'a> {
     ) {
         match self {
             Self::Packed(packed) => unsafe {
+                #[cfg(target_arch = "x86_64")]
+                if super::avx512::available() {
+                    return super::avx512::multiply(packed, rhs, rhs_stride, len, to);
+                }
                 microkernel::multiply::<NativeLanes>(packed, rhs, rhs_stride, len, to);
             },
             &Self::Plain {
@@ -272,6 +367,17 @@ fn for_each_task<T: Sync>(tasks: &[T], run: impl Fn(&T) + Sync + Send) {
     tasks.par_iter().for_each(run);
 }
 
+/// Runs `work` on one of rayon's threads natively, so that the kernels' parallel loops inside it
+/// start from a worker (which runs its share itself while the others steal) instead of each
+/// loop handing its tasks from the caller's thread to the pool and sleeping until they are done:
+/// one hand-over per forward pass instead of one per convolution. In wasm, `work` runs here.
+pub fn on_workers<R: Send>(work: impl FnOnce() -> R + Send) -> R {
+    #[cfg(not(target_family = "wasm"))]
+    return rayon::scope(|_| work());
+    #[cfg(target_family = "wasm")]
+    return work();
+}
+
 /// One thread in wasm (threads there need cross-origin isolation and a nightly build-std).
 #[cfg(target_family = "wasm")]
 fn for_each_task<T: Sync>(tasks: &[T], run: impl Fn(&T) + Sync + Send) {
@@ -284,42 +390,71 @@ std::thread_local! {
     static COLUMNS: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
-/// Output pixels `pixels` of image `b`: columns, product, epilogue.
+/// Output pixels `task.units` of channels `task.channels` of image `task.b`: columns, product,
+/// epilogue.
 ///
 /// # Safety
 /// `out` points to the whole `[batch, out, oh, ow]` output, and no other thread writes these
-/// pixels of image `b`.
+/// values.
 unsafe fn conv_segment(
     input: &[f32],
+    padded: Option<&PaddedInput>,
     g: ConvGeometry,
     weights: &Weights<'_>,
     epilogue: Epilogue<'_>,
-    b: usize,
-    pixels: std::ops::Range<usize>,
+    task: Task,
     out: SharedOut,
 ) {
+    let Task {
+        b,
+        units: pixels,
+        channels,
+    } = task;
     let image = &input[b * g.in_channels * g.in_pixels()..][..g.in_channels * g.in_pixels()];
     let first = b * g.out_channels * g.out_pixels() + pixels.start;
     let len = pixels.len();
+    let weights = weights.rows(channels.clone());
     // SAFETY: `out + first` with row stride `out_pixels` stays inside image `b`'s
-    // `[out, oh, ow]` block for `out_channels` rows of `len` values, as does the residual.
-    let to = Destination {
-        out: unsafe { out.0.add(first) },
-        residual: epilogue.residual.map(|r| r[first..].as_ptr()),
-        stride: g.out_pixels(),
-        bias: epilogue.bias,
-        relu: epilogue.relu,
+    // `[out, oh, ow]` block for `out_channels` rows of `len` values, as does the residual; the
+    // task's rows start at row `channels.start`.
+    let to = unsafe {
+        Destination {
+            out: out.0.add(first),
+            residual: epilogue.residual.map(|r| r[first..].as_ptr()),
+            stride: g.out_pixels(),
+            bias: epilogue.bias,
+            relu: epilogue.relu,
+        }
+        .at(channels.start, 0)
     };
+    #[cfg(target_arch = "x86_64")]
+    if let (Some(padded), Weights::Packed(packed)) = (padded, &weights) {
+        // SAFETY: `padded_input` made `padded` only for packed weights on an AVX-512 CPU; the
+        // segments are whole registers of output rows (`segment_len` is a multiple of 16).
+        return unsafe {
+            super::avx512::multiply_padded(packed, padded, padded.image(b), pixels, to)
+        };
+    }
     if g.is_pointwise() {
         let rhs = &image[pixels.start..];
         unsafe { weights.multiply(rhs.as_ptr(), g.in_pixels(), len, to) };
     } else {
         COLUMNS.with_borrow_mut(|columns| {
-            columns.resize(g.patch_len() * len, 0.0);
+            let columns = scratch(columns, g.patch_len() * len);
             im2col_segment(image, g, pixels.clone(), columns);
             unsafe { weights.multiply(columns.as_ptr(), len, len, to) };
         });
     }
+}
+
+/// The first `len` values of a reused buffer, grown when it is short. (`Vec::resize` to each
+/// call's length would zero again whatever a smaller call before it gave back.) Its values are
+/// what an earlier call left: the caller overwrites them.
+pub(super) fn scratch(buffer: &mut Vec<f32>, len: usize) -> &mut [f32] {
+    if buffer.len() < len {
+        buffer.resize(len, 0.0);
+    }
+    &mut buffer[..len]
 }
 
 /// `dst[m, n] = weight[m, k] · rhs[k, n]` by the `gemm` crate, `(m, k, n) = shape`, `rhs` rows

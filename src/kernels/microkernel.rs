@@ -196,7 +196,19 @@ impl<'a> PackedWeights<'a> {
         (self.rows, self.depth)
     }
 
-    fn block(&self, b: usize) -> &[f32] {
+    /// Rows `range` alone, borrowed.
+    ///
+    /// # Panics
+    /// When the range starts inside a block or ends past the last row (a programming error).
+    pub fn rows(&self, range: std::ops::Range<usize>) -> PackedWeights<'_> {
+        assert!(range.start % TILE_ROWS == 0 && range.end <= self.rows);
+        let rows = range.end.saturating_sub(range.start);
+        let start = range.start * self.depth;
+        let packed = &self.values[start..][..Self::packed_len(rows, self.depth)];
+        PackedWeights::from_packed(packed, rows, self.depth)
+    }
+
+    pub(super) fn block(&self, b: usize) -> &[f32] {
         &self.values[b * self.depth * TILE_ROWS..][..self.depth * TILE_ROWS]
     }
 }
@@ -217,7 +229,7 @@ impl Destination<'_> {
     ///
     /// # Safety
     /// The offset stays inside the caller's buffers.
-    unsafe fn at(self, row: usize, column: usize) -> Self {
+    pub(super) unsafe fn at(self, row: usize, column: usize) -> Self {
         let offset = row * self.stride + column;
         unsafe {
             Self {

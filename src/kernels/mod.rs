@@ -6,9 +6,12 @@
 //! against (`tests.rs`). Only inference uses them: they have no backward pass, and other backends
 //! (wgpu) keep burn's operations.
 
+#[cfg(target_arch = "x86_64")]
+mod avx512;
 mod conv;
 mod microkernel;
 mod ops;
+mod padded;
 mod pool;
 #[cfg(test)]
 mod tests;
@@ -20,7 +23,9 @@ use burn::backend::{Backend, Flex, backend_extension, tensor::FloatTensor};
 use burn::tensor::TensorData;
 use burn_flex::FlexTensor;
 
-pub use conv::{ConvGeometry, Epilogue, Product, Weights, conv2d_prepared, conv2d_with};
+pub use conv::{
+    ConvGeometry, Epilogue, Product, Weights, conv2d_prepared, conv2d_with, on_workers,
+};
 pub use ops::{PreparedConv, max_pool};
 pub use pool::{max_pool_3x3_s2, pooled_size};
 pub use winograd::{
@@ -35,7 +40,7 @@ pub type ConvShape = (usize, usize, usize);
 #[backend_extension(Flex)]
 pub trait CpuKernels: Backend {
     /// Square convolution plus a bias per output channel, then ReLU if `relu`. `weights` is
-    /// the `[out, in * k * k]` matrix as [`Weights::prepare`] left it for [`Product::DEFAULT`].
+    /// the `[out, in * k * k]` matrix as [`Weights::prepare`] left it for [`Product::best`].
     fn conv_bias(
         x: FloatTensor<Self>,
         weights: FloatTensor<Self>,
@@ -57,7 +62,7 @@ pub trait CpuKernels: Backend {
     fn max_pool_3x3_s2(x: FloatTensor<Self>) -> FloatTensor<Self>;
 
     /// 3x3 stride-1 padding-1 convolution by Winograd F(2x2, 3x3), plus bias, then ReLU if
-    /// `relu`. `filters` is [`prepare_filters`]' result for [`Product::DEFAULT`].
+    /// `relu`. `filters` is [`prepare_filters`]' result for [`Product::best`].
     fn winograd_bias(
         x: FloatTensor<Self>,
         filters: FloatTensor<Self>,
@@ -138,7 +143,7 @@ fn run_winograd(
         width,
     };
     let filters = values(&filters);
-    let filters = prepared_filters(&filters, out_channels, in_channels, Product::DEFAULT);
+    let filters = prepared_filters(&filters, out_channels, in_channels, Product::best());
     let out = with_epilogue(&bias, residual.as_ref(), relu, |epilogue| {
         conv3x3_prepared(&values(&x), geometry, &filters, epilogue)
     });
@@ -167,7 +172,7 @@ fn run_conv(
     };
     let weights = values(&weights);
     let (rows, depth) = (out_channels, geometry.patch_len());
-    let weights = Weights::prepared(&weights, rows, depth, Product::DEFAULT);
+    let weights = Weights::prepared(&weights, rows, depth, Product::best());
     let out = with_epilogue(&bias, residual.as_ref(), relu, |epilogue| {
         conv2d_prepared(&values(&x), geometry, &weights, epilogue)
     });

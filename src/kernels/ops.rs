@@ -10,7 +10,7 @@ use super::{CpuKernels, Product, Weights, prepare_filters};
 /// A square convolution with a bias, ready for the fused kernels (CPU device only).
 #[derive(Debug, Clone)]
 pub struct PreparedConv {
-    /// In the layout [`Product::DEFAULT`] reads: the `[out, in * k * k]` matrix, or Winograd's
+    /// In the layout [`Product::best`] reads: the `[out, in * k * k]` matrix, or Winograd's
     /// 16 `[out, in]` matrices one after the other.
     weights: Tensor<1>,
     bias: Tensor<1>,
@@ -39,10 +39,10 @@ impl PreparedConv {
             .expect("converted to f32");
         let winograd = winograd && kernel == 3 && stride == 1 && padding == 1;
         let prepared = if winograd {
-            prepare_filters(&values, out, input, Product::DEFAULT)
+            prepare_filters(&values, out, input, Product::best())
         } else {
             let depth = input * kernel * kernel;
-            Weights::prepare(&values, out, depth, Product::DEFAULT)
+            Weights::prepare(&values, out, depth, Product::best())
         };
         let len = prepared.len();
         Self {

@@ -30,7 +30,7 @@ fn reference_conv(cin: usize, cout: usize, k: usize, stride: usize, device: &Dev
 }
 
 /// `(batch, in, out, h, w, k, stride)` with padding `k / 2`, as the model's convolutions.
-const SHAPES: [(usize, usize, usize, usize, usize, usize, usize); 8] = [
+const SHAPES: [(usize, usize, usize, usize, usize, usize, usize); 12] = [
     (1, 1, 4, 19, 23, 7, 2),
     (2, 3, 5, 9, 7, 3, 1),
     (3, 4, 6, 11, 13, 3, 2),
@@ -39,6 +39,12 @@ const SHAPES: [(usize, usize, usize, usize, usize, usize, usize); 8] = [
     (1, 6, 3, 5, 8, 1, 1),
     (1, 16, 32, 33, 31, 3, 2),
     (2, 2, 3, 1, 1, 3, 1),
+    // Output rows of whole 16-pixel registers (read in place on AVX-512, without im2col): the
+    // stem's shape, stride 1 and 2, a 1x1 stride-2 downsample.
+    (1, 1, 5, 64, 64, 7, 2),
+    (2, 4, 9, 16, 32, 3, 1),
+    (2, 3, 6, 32, 32, 3, 2),
+    (1, 3, 4, 32, 32, 1, 2),
 ];
 
 #[test]

@@ -11,7 +11,10 @@
 //! first version, one scalar tile at a time with a 16-way scatter, measured slower than the
 //! direct kernel.
 
-use super::conv::{Epilogue, Product, SharedOut, Weights, run_segments};
+use std::mem::MaybeUninit;
+use std::ops::Range;
+
+use super::conv::{Epilogue, Product, SharedOut, Task, Weights, run_segments, scratch};
 use super::microkernel::Destination;
 
 /// Number of transformed positions in a 4x4 tile.
@@ -144,14 +147,17 @@ pub fn conv3x3_prepared(
     );
     epilogue.check(g.out_channels, out_len);
     let (th, _) = g.tiles();
+    let split = SplitInput::new(input, g);
     run_segments(
         g.batch,
         th,
         g.segment_rows(),
+        g.out_channels,
         out_len,
-        |b, tile_rows, out| {
-            // SAFETY: each segment writes only the output rows of its own tile rows of image `b`.
-            unsafe { segment(input, g, filters, epilogue, b, tile_rows, out) };
+        |task, out| {
+            // SAFETY: each task writes exactly the output rows of its own tile rows and
+            // channels of its image.
+            unsafe { segment(&split, g, filters, epilogue, task, out) };
         },
     )
 }
@@ -163,32 +169,36 @@ std::thread_local! {
         const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
 }
 
-/// Tile rows `tile_rows` of image `b`: input transform, 16 products, output transform.
+/// Tile rows `task.units` of channels `task.channels` of image `task.b`: input transform, 16
+/// products, output transform. (Tasks that share tile rows each transform the input: only the
+/// last, small layers are split by channels, where it is cheap.)
 ///
 /// # Safety
 /// `out` points to the whole `[batch, out, h, w]` output, and no other thread writes the output
-/// rows of these tile rows of image `b`.
+/// rows of these tile rows and channels of image `b`.
 unsafe fn segment(
-    input: &[f32],
+    split: &SplitInput,
     g: WinogradGeometry,
     filters: &[Weights<'_>],
     epilogue: Epilogue<'_>,
-    b: usize,
-    tile_rows: std::ops::Range<usize>,
+    task: Task,
     out: SharedOut,
 ) {
+    let Task {
+        b,
+        units: tile_rows,
+        channels,
+    } = task;
     let pixels = g.height * g.width;
-    let image = &input[b * g.in_channels * pixels..][..g.in_channels * pixels];
     let tiles = tile_rows.len() * g.tiles().1;
     SCRATCH.with_borrow_mut(|(transformed, products)| {
-        transformed.resize(POSITIONS * g.in_channels * tiles, 0.0);
-        products.resize(POSITIONS * g.out_channels * tiles, 0.0);
-        transform_input(image, g, tile_rows.clone(), transformed);
-        multiply(transformed, filters, g, tiles, products);
+        let transformed = scratch(transformed, POSITIONS * g.in_channels * tiles);
+        let products = scratch(products, POSITIONS * channels.len() * tiles);
+        transform_input(split, b, g, tile_rows.clone(), transformed);
+        multiply(transformed, filters, channels.clone(), g, tiles, products);
         let first = b * g.out_channels * pixels;
         // SAFETY: image `b`'s `[out, h, w]` block; the rows written are this task's (see above).
-        let image_out =
-            unsafe { std::slice::from_raw_parts_mut(out.0.add(first), g.out_channels * pixels) };
+        let to = SharedOut(unsafe { out.0.add(first) });
         let residual = epilogue
             .residual
             .map(|r| &r[first..][..g.out_channels * pixels]);
@@ -196,36 +206,73 @@ unsafe fn segment(
             residual,
             ..epilogue
         };
-        transform_output(products, g, tile_rows, epilogue, image_out);
+        unsafe { transform_output(products, g, tile_rows, channels, epilogue, to) };
     });
 }
 
-/// Tile rows `tile_rows` of one image `[in, h, w]` → `[16, in, tiles]`: `Bᵀ d B` for each 4x4
-/// input tile `d` (tiles start every 2 pixels, one pixel before their output block: the padding).
+/// The input zero-padded by one pixel and split into the even and odd columns of its padded
+/// form, once per convolution, so that every tile row's transform reads its 4 input rows as
+/// they are: tile `t` reads padded columns `2t..2t + 4`, that is `even[t]`, `odd[t]`,
+/// `even[t + 1]`, `odd[t + 1]`. Layout `[batch, in, 2, rows, tw + 1]` with `rows = 2 * th + 2`
+/// (one padding row above, and below up to the last tile's fourth row).
+struct SplitInput {
+    values: Vec<f32>,
+    rows: usize,
+    half: usize,
+}
+
+impl SplitInput {
+    fn new(input: &[f32], g: WinogradGeometry) -> Self {
+        let (th, tw) = g.tiles();
+        let (rows, half) = (2 * th + 2, tw + 1);
+        let mut values = vec![0f32; g.batch * g.in_channels * 2 * rows * half];
+        let planes = input.chunks_exact((g.height * g.width).max(1));
+        for (plane, to) in planes.zip(values.chunks_exact_mut(2 * rows * half)) {
+            let (even, odd) = to.split_at_mut(rows * half);
+            for (y, row) in plane.chunks_exact(g.width).enumerate() {
+                // Image row y is padded row y + 1; image columns 2i, 2i + 1 are padded columns
+                // 2i + 1 (odd[i]) and 2i + 2 (even[i + 1]).
+                let (even, odd) = (&mut even[(y + 1) * half..], &mut odd[(y + 1) * half..]);
+                let pairs = row.chunks_exact(2);
+                if let [last] = pairs.remainder() {
+                    odd[g.width / 2] = *last;
+                }
+                for (i, pair) in pairs.enumerate() {
+                    odd[i] = pair[0];
+                    even[i + 1] = pair[1];
+                }
+            }
+        }
+        Self { values, rows, half }
+    }
+
+    /// Padded row `y`'s even (`odd == false`) or odd columns of channel `c` of image `b`, with
+    /// `in_channels` channels per image.
+    fn row(&self, in_channels: usize, b: usize, c: usize, odd: bool, y: usize) -> &[f32] {
+        let plane = ((b * in_channels + c) * 2 + usize::from(odd)) * self.rows;
+        &self.values[(plane + y) * self.half..][..self.half]
+    }
+}
+
+/// Tile rows `tile_rows` of image `b` → `[16, in, tiles]`: `Bᵀ d B` for each 4x4 input tile `d`
+/// (tiles start every 2 pixels, one pixel before their output block: the padding).
 fn transform_input(
-    image: &[f32],
+    split: &SplitInput,
+    b: usize,
     g: WinogradGeometry,
-    tile_rows: std::ops::Range<usize>,
+    tile_rows: Range<usize>,
     transformed: &mut [f32],
 ) {
     let tw = g.tiles().1;
     let tiles = tile_rows.len() * tw;
     let plane = g.in_channels * tiles;
-    // One input row split into the even and odd columns of its zero-padded form: tile `t`
-    // reads padded columns 2t..2t+4, that is even[t], odd[t], even[t + 1], odd[t + 1].
-    let halves = || std::array::from_fn::<_, 4, _>(|_| [vec![0f32; tw + 1], vec![0f32; tw + 1]]);
-    let (mut split, mut column) = (halves(), halves());
-    for (c, channel) in image.chunks_exact(g.height * g.width).enumerate() {
+    let mut column = std::array::from_fn::<_, 4, _>(|_| [vec![0f32; tw + 1], vec![0f32; tw + 1]]);
+    for c in 0..g.in_channels {
         for (r, ty) in tile_rows.clone().enumerate() {
-            for (i, [even, odd]) in split.iter_mut().enumerate() {
-                // Input row 2ty + i - 1: the first tile row starts in the padding.
-                let y = (2 * ty + i).checked_sub(1).filter(|&y| y < g.height);
-                split_row(y.map(|y| &channel[y * g.width..][..g.width]), even, odd);
-            }
             // Bᵀ down the 4 rows (Bᵀ = [1 0 -1 0; 0 1 1 0; 0 -1 1 0; 0 1 0 -1]), even and odd
             // columns alike.
             for half in 0..2 {
-                let d = |i: usize| &split[i][half];
+                let d = |i: usize| split.row(g.in_channels, b, c, half == 1, 2 * ty + i);
                 for (k, out) in column.iter_mut().enumerate() {
                     let (a, b, sign) = match k {
                         0 => (d(0), d(2), -1.0),
@@ -258,23 +305,6 @@ fn transform_input(
     }
 }
 
-/// `even[t]`, `odd[t]` = padded columns `2t`, `2t + 1` of `row` (column `x` of the image is
-/// padded column `x + 1`); zeros for a row outside the image.
-fn split_row(row: Option<&[f32]>, even: &mut [f32], odd: &mut [f32]) {
-    even.fill(0.0);
-    odd.fill(0.0);
-    let Some(row) = row else { return };
-    // Image columns 2i, 2i + 1 are padded columns 2i + 1, 2i + 2.
-    let pairs = row.chunks_exact(2);
-    if let [last] = pairs.remainder() {
-        odd[row.len() / 2] = *last;
-    }
-    for (i, pair) in pairs.enumerate() {
-        odd[i] = pair[0];
-        even[i + 1] = pair[1];
-    }
-}
-
 #[inline(always)]
 fn zip_into(out: &mut [f32], a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32) {
     out.iter_mut()
@@ -282,21 +312,23 @@ fn zip_into(out: &mut [f32], a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32) 
         .for_each(|(o, (&a, &b))| *o = f(a, b));
 }
 
-/// The 16 products `[out, in] x [in, tiles]` → `[16, out, tiles]`.
+/// The 16 products `[channels, in] x [in, tiles]` → `[16, channels, tiles]`.
 fn multiply(
     transformed: &[f32],
     filters: &[Weights<'_>],
+    channels: Range<usize>,
     g: WinogradGeometry,
     tiles: usize,
     products: &mut [f32],
 ) {
-    let (m, k, n) = (g.out_channels, g.in_channels, tiles);
+    let (m, k, n) = (channels.len(), g.in_channels, tiles);
     let zeros = vec![0f32; m];
     for ((filter, dst), rhs) in filters
         .iter()
         .zip(products.chunks_exact_mut((m * n).max(1)))
         .zip(transformed.chunks_exact((k * n).max(1)))
     {
+        let filter = filter.rows(channels.clone());
         let to = Destination {
             out: dst.as_mut_ptr(),
             residual: None,
@@ -309,27 +341,31 @@ fn multiply(
     }
 }
 
-/// `[16, out, tiles]` → output rows of `tile_rows` in `[out, h, w]`: `Aᵀ m A` with
-/// `Aᵀ = [1 1 1 0; 0 1 -1 -1]` for each tile, then bias, residual and ReLU.
-fn transform_output(
+/// `[16, channels, tiles]` → output rows of `tile_rows` of `channels` in `[out, h, w]`:
+/// `Aᵀ m A` with `Aᵀ = [1 1 1 0; 0 1 -1 -1]` for each tile, then bias, residual and ReLU.
+///
+/// # Safety
+/// `out` points to one image's `[out, h, w]` output, and no other thread writes these rows.
+unsafe fn transform_output(
     products: &[f32],
     g: WinogradGeometry,
-    tile_rows: std::ops::Range<usize>,
+    tile_rows: Range<usize>,
+    channels: Range<usize>,
     epilogue: Epilogue<'_>,
-    out: &mut [f32],
+    out: SharedOut,
 ) {
     let (h, w) = (g.height, g.width);
     let tw = g.tiles().1;
     let tiles = tile_rows.len() * tw;
-    let plane = g.out_channels * tiles;
+    let plane = channels.len() * tiles;
     // Aᵀ down the 4 rows of products: two rows of 4 values per tile.
     let mut s: [[Vec<f32>; 4]; 2] =
         std::array::from_fn(|_| std::array::from_fn(|_| vec![0f32; tw]));
     let mut pair = [vec![0f32; tw], vec![0f32; tw]];
-    for c in 0..g.out_channels {
+    for (i, c) in channels.enumerate() {
         let bias = epilogue.bias[c];
         for (r, ty) in tile_rows.clone().enumerate() {
-            let m = |e: usize| &products[e * plane + c * tiles + r * tw..][..tw];
+            let m = |e: usize| &products[e * plane + i * tiles + r * tw..][..tw];
             for j in 0..4 {
                 let [s0, s1] = &mut s;
                 s0[j]
@@ -351,7 +387,12 @@ fn transform_output(
                 zip3_into(&mut pair[1], &s[1], &s[2], &s[3], |a, b, c| a - b - c);
                 let row = c * h * w + y * w;
                 let residual = epilogue.residual.map(|res| &res[row..][..w]);
-                finish_row(&mut out[row..][..w], &pair, bias, residual, epilogue.relu);
+                // SAFETY: row `y` of channel `c` is this task's alone (the caller's contract);
+                // it may not have been written yet, hence `MaybeUninit`.
+                let to = unsafe {
+                    std::slice::from_raw_parts_mut(out.0.add(row).cast::<MaybeUninit<f32>>(), w)
+                };
+                finish_row(to, &pair, bias, residual, epilogue.relu);
             }
         }
     }
@@ -366,7 +407,7 @@ fn zip3_into(out: &mut [f32], a: &[f32], b: &[f32], c: &[f32], f: impl Fn(f32, f
 
 /// One output row from its tiles' even and odd outputs, plus bias, residual and ReLU.
 fn finish_row(
-    row: &mut [f32],
+    row: &mut [MaybeUninit<f32>],
     pair: &[Vec<f32>; 2],
     bias: f32,
     residual: Option<&[f32]>,
@@ -374,12 +415,14 @@ fn finish_row(
 ) {
     let mut outputs = row.chunks_exact_mut(2);
     for ((out, &even), &odd) in (&mut outputs).zip(&pair[0]).zip(&pair[1]) {
-        out[0] = even + bias;
-        out[1] = odd + bias;
+        out[0].write(even + bias);
+        out[1].write(odd + bias);
     }
     if let [last] = outputs.into_remainder() {
-        *last = pair[0][pair[0].len() - 1] + bias;
+        last.write(pair[0][pair[0].len() - 1] + bias);
     }
+    // SAFETY: every value of the row was written just above.
+    let row = unsafe { &mut *(row as *mut [MaybeUninit<f32>] as *mut [f32]) };
     if let Some(r) = residual {
         row.iter_mut().zip(r).for_each(|(v, r)| *v += r);
     }

@@ -95,7 +95,9 @@ impl FoldedFeatures {
 
     /// Last-stage feature maps, as [`ResNet::features`] computes them (up to rounding).
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        let x = kernels::max_pool(self.stem.forward(x, true));
-        self.blocks.iter().fold(x, |x, block| block.forward(x))
+        kernels::on_workers(|| {
+            let x = kernels::max_pool(self.stem.forward(x, true));
+            self.blocks.iter().fold(x, |x, block| block.forward(x))
+        })
     }
 }

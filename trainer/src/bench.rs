@@ -59,6 +59,10 @@ pub enum BenchCommand {
         runs: usize,
         #[arg(long, value_enum, default_value = "cpu")]
         backend: DeviceChoice,
+        /// Time only the classifier's own path, not the other kernels it is compared with: what
+        /// a profiler (`perf record`) should see.
+        #[arg(long)]
+        default_only: bool,
     },
     /// The fine-tuned ResNet-50's architecture against the web model: parameters, f16 weight
     /// size and single-image latency, with ratios.
@@ -110,12 +114,13 @@ impl BenchCommand {
                 image,
                 runs,
                 backend,
+                default_only,
             } => {
                 let (device, _) = device::select(backend)?;
                 let started = Instant::now();
                 let classifier = load_classifier(weights.as_deref(), &device)?;
                 let load_ms = ms_since(started);
-                let mut report = inference(&classifier, &image, runs.max(1))?;
+                let mut report = inference(&classifier, &image, runs.max(1), default_only)?;
                 report["load_ms"] = json!(load_ms);
                 report
             }
@@ -211,8 +216,14 @@ pub fn train_step(
 }
 
 /// Single-image latency of the model alone (preprocessed input → logits), and of the product's
-/// path with CAM and features, `runs` times each after one warm-up.
-pub fn inference(classifier: &Classifier, image: &Path, runs: usize) -> Result<serde_json::Value> {
+/// path with CAM and features, `runs` times each after one warm-up. With `default_only`, the
+/// other ways of computing the features are left out (their figures are empty).
+pub fn inference(
+    classifier: &Classifier,
+    image: &Path,
+    runs: usize,
+    default_only: bool,
+) -> Result<serde_json::Value> {
     let bytes = fs::read(image).with_context(|| image.display().to_string())?;
     let t = Instant::now();
     let decoded = decode(&bytes)?;
@@ -248,6 +259,9 @@ pub fn inference(classifier: &Classifier, image: &Path, runs: usize) -> Result<s
     let mut direct_ms = Vec::new();
     for _ in 0..runs.div_ceil(5) {
         logits_ms.extend(time(&|x| classifier.features(x), 5));
+        if default_only {
+            continue;
+        }
         direct_ms.extend(time(&|x| direct.forward(x), 5));
         columns_ms.extend(time(&|x| model.features_with(x, ConvKernel::Columns), 5));
         burn_conv_ms.extend(time(&|x| model.features_with(x, ConvKernel::Burn), 5));
