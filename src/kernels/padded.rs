@@ -25,9 +25,11 @@ pub struct PaddedInput {
 
 impl PaddedInput {
     /// Whether `g` can be read this way: every output row a whole number of registers, so no
-    /// register straddles two rows. (A 1x1 stride-1 convolution reads its input as it is.)
+    /// register straddles two rows. Not for 1x1 convolutions: at stride 1 the product reads the
+    /// input as it is; at stride 2 its im2col columns, a quarter of the input, are smaller than
+    /// the copy.
     pub fn fits(g: &ConvGeometry) -> bool {
-        g.out_width() % LANES == 0 && !(g.kernel == 1 && g.stride == 1 && g.padding == 0)
+        g.out_width() % LANES == 0 && g.kernel > 1
     }
 
     /// Copies `input` `[batch, in, h, w]`.
@@ -47,16 +49,19 @@ impl PaddedInput {
         for (plane, to) in planes.zip(values.chunks_exact_mut(channel_len)) {
             for (y, row) in plane.chunks_exact(g.width).enumerate() {
                 let padded_row = (y + g.padding) * phase_width;
-                for phase in 0..s {
-                    // The first input column of this phase, and where it goes.
-                    let first = (phase + s - g.padding % s) % s;
-                    let column = (first + g.padding) / s;
-                    let to = &mut to[phase * phase_len + padded_row + column..];
-                    if s == 1 {
-                        to[..g.width].copy_from_slice(row);
-                    } else {
-                        let from = row.iter().skip(first).step_by(s);
-                        to.iter_mut().zip(from).for_each(|(to, &value)| *to = value);
+                let to = &mut to[padded_row..];
+                match s {
+                    1 => to[g.padding..][..g.width].copy_from_slice(row),
+                    2 => split_pair(row, g.padding, (to, phase_len)),
+                    _ => {
+                        for phase in 0..s {
+                            // The first input column of this phase, and where it goes.
+                            let first = (phase + s - g.padding % s) % s;
+                            let column = (first + g.padding) / s;
+                            let from = row.iter().skip(first).step_by(s);
+                            let to = to[phase * phase_len + column..].iter_mut();
+                            to.zip(from).for_each(|(to, &value)| *to = value);
+                        }
                     }
                 }
             }
@@ -91,6 +96,31 @@ impl PaddedInput {
     }
 }
 
+/// Stride 2: input columns `2i` and `2i + 1` go to padded columns `2i + padding` and
+/// `2i + 1 + padding`, in the two phases. By pairs, so that the compiler vectorises the
+/// de-interleaving (one value at a time, it is the layer's slowest part). `to` is the row's
+/// start in phase 0, and the distance to phase 1.
+fn split_pair(row: &[f32], padding: usize, (to, phase_len): (&mut [f32], usize)) {
+    let (phase0, phase1) = to.split_at_mut(phase_len);
+    let (first, second) = if padding % 2 == 0 {
+        (phase0, phase1)
+    } else {
+        (phase1, phase0)
+    };
+    let (first, second) = (
+        &mut first[padding / 2..],
+        &mut second[padding.div_ceil(2)..],
+    );
+    let pairs = row.chunks_exact(2);
+    if let [last] = pairs.remainder() {
+        first[row.len() / 2] = *last;
+    }
+    for ((pair, a), b) in pairs.zip(first.iter_mut()).zip(second.iter_mut()) {
+        *a = pair[0];
+        *b = pair[1];
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -99,7 +129,14 @@ mod tests {
     /// it, or zero in the padding.
     #[test]
     fn offsets_address_the_value_under_each_tap() {
-        for (h, w, k, stride) in [(7, 32, 3, 1), (9, 64, 7, 2), (6, 32, 3, 2), (5, 32, 1, 2)] {
+        let shapes = [
+            (7, 32, 3, 1),
+            (9, 64, 7, 2),
+            (6, 32, 3, 2),
+            (5, 31, 3, 2),
+            (9, 48, 3, 3),
+        ];
+        for (h, w, k, stride) in shapes {
             let g = ConvGeometry {
                 batch: 2,
                 in_channels: 3,
