@@ -138,6 +138,9 @@ fn winograd_matches_burns_3x3_convolution() {
         (2, 5, 7, 9, 11),
         (1, 16, 16, 64, 64),
         (3, 2, 3, 1, 3),
+        // Even sizes with tile rows of at most 16 tiles: AVX-512's transforms, where the CPU
+        // has it.
+        (2, 4, 6, 12, 10),
     ] {
         let conv = reference_conv(cin, cout, 3, 1, &device);
         let bias = conv.bias.as_ref().expect("bias by default").val();
@@ -210,6 +213,10 @@ fn winograd_segments_match_the_direct_convolution_with_both_products() {
         (2, 3, 5, 9, 7),
         (1, 2, 6, 1, 1),
         (1, 40, 9, 23, 30),
+        // Even sizes, tile rows of 16, 7 and 4 tiles (AVX-512's transforms where the CPU has it).
+        (2, 8, 12, 32, 32),
+        (1, 6, 5, 16, 14),
+        (1, 128, 10, 8, 8),
     ] {
         let (direct, g) = geometries_3x3(batch, cin, cout, h, w);
         let (input, weight) = (random(batch * cin * h * w), random(cout * cin * 9));

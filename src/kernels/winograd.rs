@@ -14,6 +14,9 @@
 use std::mem::MaybeUninit;
 use std::ops::Range;
 
+#[cfg(target_arch = "x86_64")]
+mod avx512;
+
 use super::conv::{Epilogue, Product, SharedOut, Task, Weights, run_segments, scratch};
 use super::microkernel::Destination;
 
@@ -194,7 +197,19 @@ unsafe fn segment(
     SCRATCH.with_borrow_mut(|(transformed, products)| {
         let transformed = scratch(transformed, POSITIONS * g.in_channels * tiles);
         let products = scratch(products, POSITIONS * channels.len() * tiles);
-        transform_input(split, b, g, tile_rows.clone(), transformed);
+        #[cfg(target_arch = "x86_64")]
+        let wide = avx512::fits(&g);
+        #[cfg(not(target_arch = "x86_64"))]
+        let wide = false;
+        if wide {
+            // SAFETY: `fits` checked the CPU and the sizes.
+            #[cfg(target_arch = "x86_64")]
+            unsafe {
+                avx512::transform_input(split, b, g, tile_rows.clone(), transformed)
+            };
+        } else {
+            transform_input(split, b, g, tile_rows.clone(), transformed);
+        }
         multiply(transformed, filters, channels.clone(), g, tiles, products);
         let first = b * g.out_channels * pixels;
         // SAFETY: image `b`'s `[out, h, w]` block; the rows written are this task's (see above).
@@ -206,7 +221,15 @@ unsafe fn segment(
             residual,
             ..epilogue
         };
-        unsafe { transform_output(products, g, tile_rows, channels, epilogue, to) };
+        if wide {
+            // SAFETY: as above; the rest is this function's own contract.
+            #[cfg(target_arch = "x86_64")]
+            unsafe {
+                avx512::transform_output(products, g, tile_rows, channels, epilogue, to)
+            };
+        } else {
+            unsafe { transform_output(products, g, tile_rows, channels, epilogue, to) };
+        }
     });
 }
 
