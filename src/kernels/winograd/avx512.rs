@@ -10,7 +10,7 @@
 use std::arch::x86_64::*;
 use std::ops::Range;
 
-use super::{Epilogue, POSITIONS, SharedOut, SplitInput, WinogradGeometry};
+use super::{Epilogue, POSITIONS, SharedOut, SplitInput, WinogradGeometry, plane_stride};
 
 /// Tiles in one register.
 const LANES: usize = 16;
@@ -43,7 +43,7 @@ pub unsafe fn transform_input(
 ) {
     let tw = g.tiles().1;
     let tiles = tile_rows.len() * tw;
-    let plane = g.in_channels * tiles;
+    let plane = plane_stride(g.in_channels * tiles);
     assert_eq!(transformed.len(), POSITIONS * plane);
     let (m, out) = (mask(tw), transformed.as_mut_ptr());
     for c in 0..g.in_channels {
@@ -104,7 +104,7 @@ pub unsafe fn transform_output(
     let (h, w) = (g.height, g.width);
     let tw = g.tiles().1;
     let tiles = tile_rows.len() * tw;
-    let plane = channels.len() * tiles;
+    let plane = plane_stride(channels.len() * tiles);
     assert_eq!(products.len(), POSITIONS * plane);
     assert!(tile_rows.end * 2 <= h);
     let m = mask(tw);
