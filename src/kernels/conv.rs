@@ -378,6 +378,34 @@ pub fn on_workers<R: Send>(work: impl FnOnce() -> R + Send) -> R {
     return work();
 }
 
+/// `copy(from, to)` for each plane of `input` (`from_len` values) and its place in `out`
+/// (`to_len` values), on rayon's threads natively: the input copies that some kernels make
+/// before their tasks start (which would otherwise leave the other threads waiting).
+pub(super) fn copy_planes(
+    input: &[f32],
+    from_len: usize,
+    out: &mut [f32],
+    to_len: usize,
+    copy: impl Fn(&[f32], &mut [f32]) + Sync + Send,
+) {
+    let (from_len, to_len) = (from_len.max(1), to_len.max(1));
+    #[cfg(not(target_family = "wasm"))]
+    {
+        use rayon::prelude::*;
+        let planes = out
+            .par_chunks_exact_mut(to_len)
+            .zip(input.par_chunks_exact(from_len));
+        planes.for_each(|(to, from)| copy(from, to));
+    }
+    #[cfg(target_family = "wasm")]
+    for (to, from) in out
+        .chunks_exact_mut(to_len)
+        .zip(input.chunks_exact(from_len))
+    {
+        copy(from, to);
+    }
+}
+
 /// One thread in wasm (threads there need cross-origin isolation and a nightly build-std).
 #[cfg(target_family = "wasm")]
 fn for_each_task<T: Sync>(tasks: &[T], run: impl Fn(&T) + Sync + Send) {

@@ -7,7 +7,7 @@
 //! is the size of the input, where im2col's columns are `k² / s²` times that (9 to 12 for this
 //! network's layers) and are written and read again for every segment.
 
-use super::conv::ConvGeometry;
+use super::conv::{ConvGeometry, copy_planes};
 
 /// Pixels one register holds; an output row must be a whole number of them.
 pub const LANES: usize = 16;
@@ -45,27 +45,32 @@ impl PaddedInput {
         let channel_len = s * phase_len;
         let image_len = g.in_channels * channel_len;
         let mut values = vec![0f32; g.batch * image_len];
-        let planes = input.chunks_exact(g.height * g.width);
-        for (plane, to) in planes.zip(values.chunks_exact_mut(channel_len)) {
-            for (y, row) in plane.chunks_exact(g.width).enumerate() {
-                let padded_row = (y + g.padding) * phase_width;
-                let to = &mut to[padded_row..];
-                match s {
-                    1 => to[g.padding..][..g.width].copy_from_slice(row),
-                    2 => split_pair(row, g.padding, (to, phase_len)),
-                    _ => {
-                        for phase in 0..s {
-                            // The first input column of this phase, and where it goes.
-                            let first = (phase + s - g.padding % s) % s;
-                            let column = (first + g.padding) / s;
-                            let from = row.iter().skip(first).step_by(s);
-                            let to = to[phase * phase_len + column..].iter_mut();
-                            to.zip(from).for_each(|(to, &value)| *to = value);
+        copy_planes(
+            input,
+            g.height * g.width,
+            &mut values,
+            channel_len,
+            |plane, to| {
+                for (y, row) in plane.chunks_exact(g.width).enumerate() {
+                    let padded_row = (y + g.padding) * phase_width;
+                    let to = &mut to[padded_row..];
+                    match s {
+                        1 => to[g.padding..][..g.width].copy_from_slice(row),
+                        2 => split_pair(row, g.padding, (to, phase_len)),
+                        _ => {
+                            for phase in 0..s {
+                                // The first input column of this phase, and where it goes.
+                                let first = (phase + s - g.padding % s) % s;
+                                let column = (first + g.padding) / s;
+                                let from = row.iter().skip(first).step_by(s);
+                                let to = to[phase * phase_len + column..].iter_mut();
+                                to.zip(from).for_each(|(to, &value)| *to = value);
+                            }
                         }
                     }
                 }
-            }
-        }
+            },
+        );
         let k = g.kernel;
         let taps = (0..g.in_channels)
             .flat_map(|c| (0..k).flat_map(move |ky| (0..k).map(move |kx| (c, ky, kx))))
@@ -100,7 +105,7 @@ impl PaddedInput {
 /// `2i + 1 + padding`, in the two phases. By pairs, so that the compiler vectorises the
 /// de-interleaving (one value at a time, it is the layer's slowest part). `to` is the row's
 /// start in phase 0, and the distance to phase 1.
-fn split_pair(row: &[f32], padding: usize, (to, phase_len): (&mut [f32], usize)) {
+pub(super) fn split_pair(row: &[f32], padding: usize, (to, phase_len): (&mut [f32], usize)) {
     let (phase0, phase1) = to.split_at_mut(phase_len);
     let (first, second) = if padding % 2 == 0 {
         (phase0, phase1)

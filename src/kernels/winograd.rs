@@ -17,8 +17,11 @@ use std::ops::Range;
 #[cfg(target_arch = "x86_64")]
 mod avx512;
 
-use super::conv::{Epilogue, Product, SharedOut, Task, Weights, run_segments, scratch};
+use super::conv::{
+    Epilogue, Product, SharedOut, Task, Weights, copy_planes, run_segments, scratch,
+};
 use super::microkernel::Destination;
+use super::padded::split_pair;
 
 /// Number of transformed positions in a 4x4 tile.
 const POSITIONS: usize = 16;
@@ -250,23 +253,18 @@ impl SplitInput {
         let (th, tw) = g.tiles();
         let (rows, half) = (2 * th + 2, tw + 1);
         let mut values = vec![0f32; g.batch * g.in_channels * 2 * rows * half];
-        let planes = input.chunks_exact((g.height * g.width).max(1));
-        for (plane, to) in planes.zip(values.chunks_exact_mut(2 * rows * half)) {
-            let (even, odd) = to.split_at_mut(rows * half);
-            for (y, row) in plane.chunks_exact(g.width).enumerate() {
-                // Image row y is padded row y + 1; image columns 2i, 2i + 1 are padded columns
-                // 2i + 1 (odd[i]) and 2i + 2 (even[i + 1]).
-                let (even, odd) = (&mut even[(y + 1) * half..], &mut odd[(y + 1) * half..]);
-                let pairs = row.chunks_exact(2);
-                if let [last] = pairs.remainder() {
-                    odd[g.width / 2] = *last;
+        copy_planes(
+            input,
+            g.height * g.width,
+            &mut values,
+            2 * rows * half,
+            |plane, to| {
+                for (y, row) in plane.chunks_exact(g.width.max(1)).enumerate() {
+                    // Image row y is padded row y + 1, its columns padded columns 1 to w.
+                    split_pair(row, 1, (&mut to[(y + 1) * half..], rows * half));
                 }
-                for (i, pair) in pairs.enumerate() {
-                    odd[i] = pair[0];
-                    even[i + 1] = pair[1];
-                }
-            }
-        }
+            },
+        );
         Self { values, rows, half }
     }
 
