@@ -378,6 +378,18 @@ pub fn on_workers<R: Send>(work: impl FnOnce() -> R + Send) -> R {
     return work();
 }
 
+/// `(a(), b())`, side by side on rayon's threads natively (two convolutions that read the same
+/// input: a block's first convolution and its downsample), one after the other in wasm.
+pub fn join<A: Send, B: Send>(
+    a: impl FnOnce() -> A + Send,
+    b: impl FnOnce() -> B + Send,
+) -> (A, B) {
+    #[cfg(not(target_family = "wasm"))]
+    return rayon::join(a, b);
+    #[cfg(target_family = "wasm")]
+    return (a(), b());
+}
+
 /// `copy(from, to)` for each plane of `input` (`from_len` values) and its place in `out`
 /// (`to_len` values), on rayon's threads natively: the input copies that some kernels make
 /// before their tasks start (which would otherwise leave the other threads waiting).

@@ -24,7 +24,7 @@ use burn::tensor::TensorData;
 use burn_flex::FlexTensor;
 
 pub use conv::{
-    ConvGeometry, Epilogue, Product, Weights, conv2d_prepared, conv2d_with, on_workers,
+    ConvGeometry, Epilogue, Product, Weights, conv2d_prepared, conv2d_with, join, on_workers,
 };
 pub use ops::{PreparedConv, max_pool};
 pub use pool::{max_pool_3x3_s2, pooled_size};

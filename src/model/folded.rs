@@ -51,11 +51,14 @@ impl FoldedBlock {
     }
 
     fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        let identity = match &self.downsample {
-            Some(d) => d.forward(x.clone(), false),
-            None => x.clone(),
+        let (out, identity) = match &self.downsample {
+            // Both read `x`: side by side, so that neither waits for the other's last tasks.
+            Some(d) => kernels::join(
+                || self.conv1.forward(x.clone(), true),
+                || d.forward(x.clone(), false),
+            ),
+            None => (self.conv1.forward(x.clone(), true), x),
         };
-        let out = self.conv1.forward(x, true);
         self.conv2.forward_add_relu(out, identity)
     }
 }
