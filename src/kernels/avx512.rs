@@ -87,7 +87,7 @@ pub unsafe fn multiply_padded(
 ) {
     let (weight_rows, depth) = weight.shape();
     assert_eq!(input.taps().len(), depth);
-    assert!(pixels.start % LANES == 0 && pixels.len() % LANES == 0);
+    assert!(pixels.start.is_multiple_of(LANES) && pixels.len().is_multiple_of(LANES));
     for block in 0..weight_rows.div_ceil(TILE_ROWS) {
         let rows = (weight_rows - block * TILE_ROWS).min(TILE_ROWS);
         let packed = weight.block(block);

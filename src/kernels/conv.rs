@@ -1,7 +1,11 @@
-//! A square convolution over an NCHW batch with its epilogue (bias, residual add, ReLU) fused:
-//! im2col by cache-sized segments of output pixels straight from NCHW (as onnxruntime's MLAS
-//! does), one matrix product per segment with the `gemm` crate (AVX2/AVX-512 natively, simd128
-//! in wasm), then the epilogue over the segment while it is still in cache.
+//! A square convolution over an NCHW batch with its epilogue (bias, residual add, ReLU) fused.
+//! The work is split into tasks of cache-sized segments of output pixels (and, for the last,
+//! small layers, groups of output channels), run on rayon's threads natively. Each task's
+//! columns are either read in place from a padded copy of the input ([`PaddedInput`]: AVX-512,
+//! output rows of whole registers) or made by im2col straight from NCHW (as onnxruntime's MLAS
+//! does); then one matrix product ([`Product`]: the project's register tiles on AVX-512 and in
+//! wasm, the `gemm` crate elsewhere) with the epilogue applied while the tile is in registers or
+//! the segment in cache.
 
 use gemm::Parallelism;
 
@@ -86,7 +90,7 @@ pub enum Product {
     /// where its AVX2 kernels are chosen at run time.
     Gemm,
     /// The project's register tiles with the epilogue in registers ([`microkernel`]): in wasm
-    /// on simd128, natively on AVX-512 ([`super::avx512`]).
+    /// on simd128, natively on AVX-512 (`kernels/avx512.rs`).
     Tiles,
 }
 

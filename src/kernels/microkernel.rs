@@ -8,8 +8,8 @@
 //! registers before the tile's one store.
 //!
 //! The lanes are a small trait ([`Lanes`]), so the same tiling runs natively in the tests on
-//! plain arrays ([`Portable`]) and in wasm on `v128` (`Simd128`). Natively the product stays
-//! with gemm, whose AVX2/AVX-512 kernels are chosen at run time.
+//! plain arrays ([`Portable`]) and in wasm on `v128` (`Simd128`). Natively the same tiling runs
+//! on AVX-512 where the CPU has it (`super::avx512`, 16 lanes), else gemm's AVX2 kernels.
 
 use std::borrow::Cow;
 
@@ -201,7 +201,7 @@ impl<'a> PackedWeights<'a> {
     /// # Panics
     /// When the range starts inside a block or ends past the last row (a programming error).
     pub fn rows(&self, range: std::ops::Range<usize>) -> PackedWeights<'_> {
-        assert!(range.start % TILE_ROWS == 0 && range.end <= self.rows);
+        assert!(range.start.is_multiple_of(TILE_ROWS) && range.end <= self.rows);
         let rows = range.end.saturating_sub(range.start);
         let start = range.start * self.depth;
         let packed = &self.values[start..][..Self::packed_len(rows, self.depth)];

@@ -29,7 +29,7 @@ impl PaddedInput {
     /// input as it is; at stride 2 its im2col columns, a quarter of the input, are smaller than
     /// the copy.
     pub fn fits(g: &ConvGeometry) -> bool {
-        g.out_width() % LANES == 0 && g.kernel > 1
+        g.out_width().is_multiple_of(LANES) && g.kernel > 1
     }
 
     /// Copies `input` `[batch, in, h, w]`.
@@ -107,7 +107,7 @@ impl PaddedInput {
 /// start in phase 0, and the distance to phase 1.
 pub(super) fn split_pair(row: &[f32], padding: usize, (to, phase_len): (&mut [f32], usize)) {
     let (phase0, phase1) = to.split_at_mut(phase_len);
-    let (first, second) = if padding % 2 == 0 {
+    let (first, second) = if padding.is_multiple_of(2) {
         (phase0, phase1)
     } else {
         (phase1, phase0)

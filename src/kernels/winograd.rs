@@ -3,13 +3,14 @@
 //! instead of 36 (Lavin & Gray, 2015). Filters are transformed once, when the model is loaded.
 //! The image is processed in segments of whole tile rows, sized so a segment's transformed
 //! input and products stay in L2: each 4x4 input tile is transformed, the 16 transformed planes
-//! are multiplied as 16 matrix products (the same product as the direct kernel: gemm natively,
-//! the register tiles in wasm), and the output transform applies the epilogue.
+//! are multiplied as 16 matrix products (the same product as the direct kernel), and the output
+//! transform applies the epilogue.
 //!
-//! Both transforms run along whole tile rows, on contiguous arrays of one value per tile (the
-//! input rows split into even and odd columns first), so the compiler vectorises them; the
-//! first version, one scalar tile at a time with a 16-way scatter, measured slower than the
-//! direct kernel.
+//! The input is padded and split into even and odd columns once per convolution
+//! ([`SplitInput`]). Both transforms then run along whole tile rows, on contiguous arrays of one
+//! value per tile, so the compiler vectorises them; on AVX-512 a tile row is one register per
+//! value of the tile (`avx512.rs`). The first version, one scalar tile at a time with a 16-way
+//! scatter, measured slower than the direct kernel.
 
 use std::mem::MaybeUninit;
 use std::ops::Range;

@@ -18,8 +18,8 @@ const LANES: usize = 16;
 /// Whether these transforms take `g`: on an AVX-512 CPU, even sizes, tile rows of at most 16.
 pub fn fits(g: &WinogradGeometry) -> bool {
     crate::kernels::avx512::available()
-        && g.height % 2 == 0
-        && g.width % 2 == 0
+        && g.height.is_multiple_of(2)
+        && g.width.is_multiple_of(2)
         && g.tiles().1 <= LANES
 }
 
