@@ -13,6 +13,7 @@ mod microkernel;
 mod ops;
 mod padded;
 mod pool;
+mod tasks;
 #[cfg(test)]
 mod tests;
 mod winograd;
@@ -23,11 +24,10 @@ use burn::backend::{Backend, Flex, backend_extension, tensor::FloatTensor};
 use burn::tensor::TensorData;
 use burn_flex::FlexTensor;
 
-pub use conv::{
-    ConvGeometry, Epilogue, Product, Weights, conv2d_prepared, conv2d_with, join, on_workers,
-};
+pub use conv::{ConvGeometry, Epilogue, Product, Weights, conv2d_prepared, conv2d_with};
 pub use ops::{PreparedConv, max_pool};
 pub use pool::{max_pool_3x3_s2, pooled_size};
+pub use tasks::{join, on_workers};
 pub use winograd::{
     WinogradGeometry, conv3x3_prepared, conv3x3_with, prepare_filters, prepared_filters,
     transform_filters,

@@ -7,7 +7,8 @@
 //! is the size of the input, where im2col's columns are `k² / s²` times that (9 to 12 for this
 //! network's layers) and are written and read again for every segment.
 
-use super::conv::{ConvGeometry, copy_planes};
+use super::conv::ConvGeometry;
+use super::tasks::copy_planes;
 
 /// Pixels one register holds; an output row must be a whole number of them.
 pub const LANES: usize = 16;

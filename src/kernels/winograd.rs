@@ -18,11 +18,10 @@ use std::ops::Range;
 #[cfg(target_arch = "x86_64")]
 mod avx512;
 
-use super::conv::{
-    Epilogue, Product, SharedOut, Task, Weights, copy_planes, run_segments, scratch,
-};
+use super::conv::{Epilogue, Product, Weights};
 use super::microkernel::Destination;
 use super::padded::split_pair;
+use super::tasks::{SharedOut, Task, copy_planes, run_segments, scratch};
 
 /// Number of transformed positions in a 4x4 tile.
 const POSITIONS: usize = 16;
