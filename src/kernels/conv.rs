@@ -300,6 +300,7 @@ std::thread_local! {
 /// # Safety
 /// `out` points to the whole `[batch, out, oh, ow]` output, and no other thread writes these
 /// values.
+#[cfg_attr(not(target_arch = "x86_64"), allow(unused_variables))]
 unsafe fn conv_segment(
     input: &[f32],
     padded: Option<&PaddedInput>,
