@@ -79,14 +79,14 @@ w("")
 w(f"One step = forward, class-weighted cross-entropy, backward, AdamW, on random 1x256x256 inputs "
   f"(data loading excluded on both sides).")
 w("")
-w("| model | batch | ours img/s (burn's conv2d, the training default) | ours with im2col columns | PyTorch img/s | ratio ours / PyTorch (goal ≥ 1.0) | columns / conv2d |")
+w("| model | batch | ours img/s (the project's kernels and their backward passes, the training default) | ours with im2col columns (the previous default) | PyTorch img/s | ratio ours / PyTorch (goal ≥ 1.0) | kernels / columns |")
 w("|---|---|---|---|---|---|---|")
 for width in sorted(train_ours):
     o, t, c = train_ours[width], train_torch.get(width), train_columns.get(width)
     if not t:
         continue
     cols = f"{c['img_per_s']:.1f}" if c else "–"
-    gain = ratio(c['img_per_s'], o['img_per_s']) if c else "–"
+    gain = ratio(o['img_per_s'], c['img_per_s']) if c else "–"
     w(f"| ResNet-18 x{width} ({o['params']:,} params) | {o['batch']} | {o['img_per_s']:.1f} | {cols} | {t['img_per_s']:.1f} | "
       f"{ratio(o['img_per_s'], t['img_per_s'])} | {gain} |")
 w("")

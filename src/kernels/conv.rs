@@ -42,7 +42,7 @@ impl ConvGeometry {
         self.in_channels * self.kernel * self.kernel
     }
 
-    fn out_pixels(&self) -> usize {
+    pub(super) fn out_pixels(&self) -> usize {
         self.out_height() * self.out_width()
     }
 
@@ -408,7 +408,7 @@ fn apply_epilogue(values: &mut [f32], bias: f32, residual: Option<&[f32]>, relu:
 
 /// The im2col columns of output pixels `pixels` of one image: row `(c, ky, kx)` holds, for
 /// each of those pixels, the input value under that tap (zero in the padding).
-fn im2col_segment(
+pub(super) fn im2col_segment(
     image: &[f32],
     g: ConvGeometry,
     pixels: std::ops::Range<usize>,

@@ -1,14 +1,20 @@
-//! The project's own CPU inference kernels, added to burn's CPU backend (Flex) through burn's
+//! The project's own CPU kernels, added to burn's CPU backend (Flex) through burn's
 //! backend-extension API (`#[backend_extension]`): a convolution with bias, residual add and
 //! ReLU fused (directly or by Winograd), and the stem's max pool without argmax indices. The
 //! operations take weights already in the layout their product reads, prepared once when a model
-//! loads ([`PreparedConv`] in `ops.rs`). burn's own operations stay the reference they are tested
-//! against (`tests.rs`). Only inference uses them: they have no backward pass, and other backends
-//! (wgpu) keep burn's operations.
+//! loads ([`PreparedConv`] in `ops.rs`). Training uses the same convolution without bias
+//! ([`conv2d_trainable`], `trainable.rs`), with backward passes of its own (`backward.rs`)
+//! registered with burn's autodiff (the `training` feature). burn's own operations stay the
+//! reference they are tested against (`tests.rs`); other backends (wgpu) keep them.
 
 #[cfg(target_arch = "x86_64")]
 mod avx512;
+// Training runs natively only (the trainer); the page never computes a gradient.
+#[cfg(feature = "training")]
+mod backward;
 mod conv;
+#[cfg(all(feature = "training", target_arch = "x86_64"))]
+mod grad_avx512;
 mod microkernel;
 mod ops;
 // Read in place only by the AVX-512 tiles: built, and tested, everywhere.
@@ -18,6 +24,7 @@ mod pool;
 mod tasks;
 #[cfg(test)]
 mod tests;
+mod trainable;
 mod winograd;
 
 use std::borrow::Cow;
@@ -30,6 +37,7 @@ pub use conv::{ConvGeometry, Epilogue, Product, Weights, conv2d_prepared, conv2d
 pub use ops::{PreparedConv, max_pool};
 pub use pool::{max_pool_3x3_s2, pooled_size};
 pub use tasks::{join, on_workers};
+pub use trainable::{TrainableConv, conv2d_trainable};
 pub use winograd::{
     WinogradGeometry, conv3x3_prepared, conv3x3_with, prepare_filters, prepared_filters,
     transform_filters,

@@ -305,3 +305,45 @@ fn geometries_3x3(
     };
     (direct, winograd)
 }
+
+/// The trainable convolution's output and both gradients against burn's `conv2d` under burn's
+/// autodiff, through a random linear loss `sum(conv(x) * r)`.
+#[cfg(feature = "training")]
+#[test]
+fn trainable_convolution_gradients_match_burns() {
+    use burn::tensor::module::conv2d;
+    use burn::tensor::ops::ConvOptions;
+
+    let device = Device::flex().autodiff();
+    device.seed(11);
+    // Plus one with over 1024 output pixels, not a multiple of 16 (the weight gradient's AVX-512
+    // tiles, two chunks of pixels and a masked tail).
+    for (batch, cin, cout, h, w, k, stride) in SHAPES.into_iter().chain([(2, 4, 8, 47, 41, 3, 1)]) {
+        let x = random([batch, cin, h, w], &device);
+        let weight = random([cout, cin, k, k], &device);
+        let options = ConvOptions::new([stride, stride], [k / 2, k / 2], [1, 1], 1);
+        let run = |ours: bool| {
+            let (x, weight) = (x.clone().require_grad(), weight.clone().require_grad());
+            let out = if ours {
+                super::conv2d_trainable(x.clone(), weight.clone(), stride, k / 2)
+            } else {
+                conv2d(x.clone(), weight.clone(), None, options.clone())
+            };
+            device.seed(3);
+            let r = Tensor::<4>::random(out.dims(), Distribution::Normal(0.0, 1.0), &device);
+            let grads = (out.clone() * r).sum().backward();
+            let grad = |t: &Tensor<4>| t.grad(&grads).expect("tracked");
+            (out.inner(), grad(&x), grad(&weight))
+        };
+        let (ours, reference) = (run(true), run(false));
+        let shape = (batch, cin, cout, h, w, k, stride);
+        for (name, a, b) in [
+            ("output", ours.0, reference.0),
+            ("input gradient", ours.1, reference.1),
+            ("weight gradient", ours.2, reference.2),
+        ] {
+            let diff = relative_difference(a, b);
+            assert!(diff < 1e-4, "{name} of {shape:?} differs by {diff}");
+        }
+    }
+}

@@ -60,7 +60,7 @@ impl BasicBlock {
 
     pub(super) fn forward(&self, x: Tensor<4>, kernel: ConvKernel) -> Tensor<4> {
         let identity = match &self.downsample {
-            Some(d) => d.bn.forward(d.conv.forward(x.clone())),
+            Some(d) => d.bn.forward(conv_with(&d.conv, x.clone(), kernel)),
             None => x.clone(),
         };
         let out = relu(self.bn1.forward(conv_with(&self.conv1, x, kernel)));

@@ -4,8 +4,9 @@ use burn::nn::conv::Conv2d;
 use burn::tensor::ops::PadMode;
 use burn::tensor::{Device, Slice, Tensor};
 
-/// How the model's 3x3 and 7x7 convolutions are computed; both give the same numbers up to
-/// rounding.
+use crate::kernels::conv2d_trainable;
+
+/// How the model's convolutions are computed; all give the same numbers up to rounding.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ConvKernel {
     /// burn's `conv2d`. On the CPU backend, with the few channels of the quarter-width model,
@@ -13,20 +14,21 @@ pub enum ConvKernel {
     /// im2col; a direct loop for the one-channel stem), not multiplying.
     Burn,
     /// im2col by hand: the k² strided views of the padded input stacked as rows, then one
-    /// matrix product with the filters.
+    /// matrix product with the filters (3x3 and 7x7 only; 1x1 goes to burn).
     Columns,
+    /// The project's CPU kernels (`crate::kernels`), with their own backward passes on an
+    /// autodiff device: for every convolution, 1x1 included.
+    Kernels,
 }
 
 impl ConvKernel {
-    /// The faster one measured on each backend (`./build.sh bench`, bench/RESULTS.md): columns
-    /// for inference on the CPU backend, natively and in wasm (with burn-flex's `simd` feature
-    /// on: 11.6 against 12.5 ms natively, 23.5 against 25.9 ms in the browser; before it, burn's
-    /// direct loops won in wasm); burn's convolution when training (an autodiff device: the
-    /// backward pass through the strided copies made a quarter-width step no faster, 0.96x to
-    /// 1.00x in three runs) and on GPUs (their kernels are tuned for it).
+    /// The faster one measured on each backend (`./build.sh bench`, bench/RESULTS.md): the
+    /// project's kernels on the CPU backend, for training (autodiff device) and inference
+    /// alike (the folded inference path, `FoldedFeatures`, calls them directly); burn's
+    /// convolution on GPUs (their kernels are tuned for it).
     pub fn for_device(device: &Device) -> Self {
         if *device == Device::flex() {
-            Self::Columns
+            Self::Kernels
         } else {
             Self::Burn
         }
@@ -34,12 +36,15 @@ impl ConvKernel {
 }
 
 /// `conv` (square kernel, no bias, padding k/2, as every convolution here) computed with
-/// `kernel`; 1x1 convolutions always go to burn, which multiplies them directly.
+/// `kernel`.
 pub(super) fn conv_with(conv: &Conv2d, x: Tensor<4>, kernel: ConvKernel) -> Tensor<4> {
     let [_, _, k, _] = conv.weight.dims();
     match kernel {
         ConvKernel::Columns if k > 1 && conv.bias.is_none() => {
             conv_columns(x, conv.weight.val(), conv.stride[0], k / 2)
+        }
+        ConvKernel::Kernels if conv.bias.is_none() => {
+            conv2d_trainable(x, conv.weight.val(), conv.stride[0], k / 2)
         }
         _ => conv.forward(x),
     }

@@ -54,17 +54,50 @@ fn relative_difference(reference: Tensor<4>, other: Tensor<4>) -> f32 {
 }
 
 #[test]
-fn both_conv_kernels_compute_the_same_features() {
+fn every_conv_kernel_computes_the_same_features() {
     let device = Device::flex();
     for arch in [tiny(), ResNetConfig::resnet18().with_width(0.25)] {
         let model = arch.init(&device);
         for (b, size) in [(1, 64), (2, 37)] {
             let x = input(b, size, &device);
             let conv = model.features_with(x.clone(), ConvKernel::Burn);
-            let cols = model.features_with(x, ConvKernel::Columns);
-            let diff = relative_difference(conv, cols);
-            assert!(diff <= 1e-4, "relative difference {diff}");
+            for kernel in [ConvKernel::Columns, ConvKernel::Kernels] {
+                let other = model.features_with(x.clone(), kernel);
+                let diff = relative_difference(conv.clone(), other);
+                assert!(diff <= 1e-4, "{kernel:?}: relative difference {diff}");
+            }
         }
+    }
+}
+
+/// A training step's gradients through the project's kernels against burn's convolutions: the
+/// stem's weights (no input gradient below them), a stride-2 block's and its downsample's.
+#[cfg(feature = "training")]
+#[test]
+fn the_kernels_backward_passes_give_burns_gradients() {
+    let device = Device::flex().autodiff();
+    device.seed(17);
+    let model = ResNetConfig::resnet18().with_width(0.25).init(&device);
+    let x = input(3, 45, &device);
+    let gradients = |kernel| {
+        let logits = model.classify_features(model.features_with(x.clone(), kernel));
+        let grads = (logits * Tensor::<2>::from_floats([[1.0, -2.0]], &device))
+            .sum()
+            .backward();
+        let block = &model.stages[1].blocks[0];
+        let downsample = &block.downsample.as_ref().expect("stride 2").conv;
+        [&model.conv1, &block.conv1, downsample]
+            .map(|conv| conv.weight.val().grad(&grads).expect("tracked"))
+    };
+    let (reference, ours) = (gradients(ConvKernel::Burn), gradients(ConvKernel::Kernels));
+    for (i, (a, b)) in reference.into_iter().zip(ours).enumerate() {
+        // Relative to the gradient's own largest value, which may be well below 1.
+        let scale = a.clone().abs().max().into_scalar::<f32>();
+        let diff = (a - b).abs().max().into_scalar::<f32>() / scale;
+        assert!(
+            scale > 0.0 && diff <= 1e-4,
+            "weight gradient {i}: relative difference {diff}"
+        );
     }
 }
 

@@ -41,8 +41,8 @@ pub enum BenchCommand {
         steps: usize,
         #[arg(long, default_value_t = 2)]
         warmup: usize,
-        /// Compute the convolutions as im2col + matmul (the inference default on the CPU) instead
-        /// of burn's conv2d.
+        /// Compute the convolutions as im2col + matmul (the CPU's training default before the
+        /// project's kernels got their backward passes) instead of the device's default.
         #[arg(long)]
         columns: bool,
         #[arg(long, value_enum, default_value = "cpu")]
@@ -167,8 +167,8 @@ fn ms_since(t: Instant) -> f64 {
 
 /// Training throughput: forward, class-weighted cross-entropy, backward and an AdamW step on
 /// random `[batch, 1, size, size]` inputs (the trainer's step without data loading), timed after
-/// `warmup` untimed steps; `columns` computes the convolutions as im2col + matmul instead of the
-/// backend's default for training.
+/// `warmup` untimed steps; `columns` computes the convolutions as im2col + matmul (the previous
+/// default) instead of the device's default (on the CPU, the project's kernels).
 pub fn train_step(
     width: f64,
     batch: usize,
