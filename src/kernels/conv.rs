@@ -29,6 +29,25 @@ pub struct ConvGeometry {
 }
 
 impl ConvGeometry {
+    /// The convolution of an input of dimensions `[batch, in, h, w]` into `out_channels`
+    /// channels by a square kernel of this `(kernel, stride, padding)`.
+    pub fn new(
+        [batch, in_channels, height, width]: [usize; 4],
+        out_channels: usize,
+        (kernel, stride, padding): (usize, usize, usize),
+    ) -> Self {
+        Self {
+            batch,
+            in_channels,
+            height,
+            width,
+            out_channels,
+            kernel,
+            stride,
+            padding,
+        }
+    }
+
     pub fn out_height(&self) -> usize {
         (self.height + 2 * self.padding - self.kernel) / self.stride + 1
     }

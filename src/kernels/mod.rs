@@ -165,21 +165,11 @@ fn run_conv(
     weights: FlexTensor,
     bias: FlexTensor,
     residual: Option<FlexTensor>,
-    (kernel, stride, padding): ConvShape,
+    shape: ConvShape,
     relu: bool,
 ) -> FlexTensor {
-    let [batch, in_channels, height, width] = dims4(&x);
     let out_channels = bias.layout().shape().num_elements();
-    let geometry = ConvGeometry {
-        batch,
-        in_channels,
-        height,
-        width,
-        out_channels,
-        kernel,
-        stride,
-        padding,
-    };
+    let geometry = ConvGeometry::new(dims4(&x), out_channels, shape);
     let weights = values(&weights);
     let (rows, depth) = (out_channels, geometry.patch_len());
     let weights = Weights::prepared(&weights, rows, depth, Product::best());
@@ -187,7 +177,7 @@ fn run_conv(
         conv2d_prepared(&values(&x), geometry, &weights, epilogue)
     });
     let (oh, ow) = (geometry.out_height(), geometry.out_width());
-    flex_tensor(out, [batch, out_channels, oh, ow])
+    flex_tensor(out, [geometry.batch, out_channels, oh, ow])
 }
 
 /// Run `kernel` with the epilogue made of these tensors' values.

@@ -57,24 +57,11 @@ impl TrainableConv for Flex {
 ///
 /// # Panics
 /// When the weight's input channels or kernel do not match (a programming error).
-fn geometry(
-    x: &FlexTensor,
-    weight: &FlexTensor,
-    (kernel, stride, padding): ConvShape,
-) -> ConvGeometry {
-    let [batch, in_channels, height, width] = dims4(x);
+fn geometry(x: &FlexTensor, weight: &FlexTensor, shape: ConvShape) -> ConvGeometry {
     let [out_channels, weight_in, kh, kw] = dims4(weight);
-    assert_eq!((weight_in, kh, kw), (in_channels, kernel, kernel));
-    ConvGeometry {
-        batch,
-        in_channels,
-        height,
-        width,
-        out_channels,
-        kernel,
-        stride,
-        padding,
-    }
+    let g = ConvGeometry::new(dims4(x), out_channels, shape);
+    assert_eq!((weight_in, kh, kw), (g.in_channels, g.kernel, g.kernel));
+    g
 }
 
 #[cfg(feature = "training")]
