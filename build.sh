@@ -70,8 +70,12 @@ build_wasm_flavour() {
     cp "$cached" "$out/cxr_bg.wasm"
   else
     log "optimising the wasm ($name; wasm-opt -Oz)"
+    # -ocimfs: wasm-opt inlines a function with one caller into it, however large, by default. That
+    # made the page's call-once functions (classify's and init's bodies) 86-132 KB of wasm each,
+    # and one with a hot loop inlined is compiled by the browser to optimised code as a whole:
+    # 200-380 ms of compiling each, running when the page's first drop does (bench/RESULTS.md).
     # shellcheck disable=SC2086 # $opt_flags is a list of flags
-    node_modules/.bin/wasm-opt -Oz --enable-simd --enable-bulk-memory --enable-sign-ext \
+    node_modules/.bin/wasm-opt -Oz --one-caller-inline-max-function-size=1000 --enable-simd --enable-bulk-memory --enable-sign-ext \
       --enable-mutable-globals --enable-nontrapping-float-to-int --enable-reference-types \
       --enable-multivalue $opt_flags "$out/cxr_bg.wasm" -o "$out/cxr_bg.wasm"
     mkdir -p "$(dirname "$cached")"

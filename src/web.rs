@@ -57,8 +57,23 @@ fn now_ms() -> f64 {
 #[global_allocator]
 static ALLOCATOR: crate::alloc_guard::GuardedAlloc = crate::alloc_guard::GuardedAlloc;
 
+#[cfg(target_family = "wasm")]
+unsafe extern "C" {
+    /// Synthesised by wasm-ld: runs the static constructors (the `inventory` registrations of
+    /// cubecl's IR crate, pliron).
+    fn __wasm_call_ctors();
+}
+
+/// Runs once when the page instantiates the wasm. Calling the constructors here, once, is what
+/// keeps wasm-ld from treating the module as a "command" and wrapping every export (each call
+/// from JS, each JS value Rust creates) in a call to all of them: in the page's profile, that
+/// wrapping took 12 of the 50 ms a 1024x1024 PNG spent in the worker (bench/RESULTS.md).
 #[wasm_bindgen(start)]
 pub fn start() {
+    // SAFETY: wasm-bindgen calls the start function once, right after instantiation and before
+    // any other export, so the constructors run exactly once and before anything reads what
+    // they register.
+    unsafe { __wasm_call_ctors() };
     console_error_panic_hook::set_once();
 }
 
@@ -231,11 +246,13 @@ pub async fn init(backend: String) -> Result<JsValue, JsError> {
     Ok(info)
 }
 
-/// Run the resize and the preview once on a synthetic 512x512 image, so the browser compiles
-/// their loops to optimised code now rather than during the user's first drop (measured: the
-/// first drop's preprocessing took 93 ms against 24 ms for the same file dropped again).
+/// Run the normalisation, the resize and the preview once on a synthetic image, so the browser
+/// compiles their loops to optimised code now rather than during the user's first drop
+/// (measured: the first drop's preprocessing took 93 ms against 24 ms for the same file dropped
+/// again). At 1024x1024, the NIH images' size, this also grows the wasm memory to what such a
+/// drop needs: growing it during the first drop took 5 ms each time, twice (bench/RESULTS.md).
 fn warm_up_preprocessing(input_size: usize) -> Result<(), JsError> {
-    const SIDE: usize = 512;
+    const SIDE: usize = 1024;
     let image = crate::decode::LumaImage {
         width: SIDE,
         height: SIDE,

@@ -93,13 +93,51 @@ impl NormalizedImage {
             resized = resize(&self.pixels, self.width, self.height, w, h);
             &resized
         };
-        let mut rgba = vec![255u8; w * h * 4];
-        for (pixel, &v) in rgba.chunks_exact_mut(4).zip(small) {
+        let mut rgba = vec![0u8; w * h * 4];
+        let (pixels, _) = rgba.as_chunks_mut::<4>();
+        for (pixel, &v) in pixels.iter_mut().zip(small) {
             // Round half up (the values are not negative): `f32::round` is a library call in wasm.
-            pixel[..3].fill((v.clamp(0.0, 1.0) * 255.0 + 0.5) as u8);
+            let grey = (v.clamp(0.0, 1.0) * 255.0 + 0.5) as u32;
+            // Grey in R, G and B, opaque: one 4-byte store per pixel, which the compiler
+            // vectorises (filling 3 bytes of each pixel took 5 ms for a 1024x1024 preview).
+            *pixel = (0xFF00_0000 | (grey * 0x0001_0101)).to_le_bytes();
         }
         (w, h, rgba)
     }
+}
+
+/// The smallest and largest value, or `None` when any value is NaN or infinite.
+///
+/// One branch-free pass over eight independent lanes, which the compiler turns into SIMD compares
+/// and selects (wasm's and x86's). `f32::min` would not do: its rule for NaN kept the loop
+/// scalar, 5 ms for a 1024x1024 image in the page's profile. Here `p < lo` is false for NaN, and
+/// the exponent test flags NaN and infinity alike.
+fn finite_range(pixels: &[f32]) -> Option<(f32, f32)> {
+    const LANES: usize = 8;
+    const EXPONENT: u32 = 0x7f80_0000; // all ones: infinity or NaN
+    let mut lo = [f32::INFINITY; LANES];
+    let mut hi = [f32::NEG_INFINITY; LANES];
+    let mut not_finite = [0u32; LANES];
+    let mut step = |i: usize, p: f32| {
+        lo[i] = if p < lo[i] { p } else { lo[i] };
+        hi[i] = if p > hi[i] { p } else { hi[i] };
+        not_finite[i] |= u32::from(p.to_bits() & EXPONENT == EXPONENT);
+    };
+    let (chunks, rest) = pixels.as_chunks::<LANES>();
+    for chunk in chunks {
+        for (i, &p) in chunk.iter().enumerate() {
+            step(i, p);
+        }
+    }
+    for (i, &p) in rest.iter().enumerate() {
+        step(i, p);
+    }
+    if not_finite.iter().any(|&flag| flag != 0) {
+        return None;
+    }
+    let min = lo.into_iter().fold(f32::INFINITY, f32::min);
+    let max = hi.into_iter().fold(f32::NEG_INFINITY, f32::max);
+    Some((min, max))
 }
 
 /// `(x - min) / (max - min)` over the whole image.
@@ -109,16 +147,9 @@ pub fn min_max_normalize(pixels: &[f32]) -> Result<Vec<f32>, ImageError> {
     if pixels.is_empty() {
         return Err(ImageError::NoPixels);
     }
-    // One branch-free pass (the compiler can vectorise it), the finiteness checked after it.
-    let (mut min, mut max, mut finite) = (f32::INFINITY, f32::NEG_INFINITY, true);
-    for &p in pixels {
-        min = min.min(p);
-        max = max.max(p);
-        finite &= p.is_finite();
-    }
-    if !finite {
+    let Some((min, max)) = finite_range(pixels) else {
         return Err(ImageError::NonFinite);
-    }
+    };
     // In f64: an f32 `max - min` can round below the true range and push the top above 1.
     let range = f64::from(max) - f64::from(min);
     if range <= 0.0 || !range.is_finite() {

@@ -372,3 +372,26 @@ fn monochrome1_is_inverted_so_bone_stays_bright() {
     let nb = min_max_normalize(&b.pixels).unwrap();
     assert_eq!(na, nb);
 }
+
+#[test]
+fn the_lane_wise_range_is_the_plain_minimum_and_maximum() {
+    let mut rng = crate::rng::Rng::new(7);
+    // Lengths around the eight lanes: shorter than one chunk, exact chunks, and a tail.
+    for len in [1, 5, 8, 9, 16, 23, 1000] {
+        let values: Vec<f32> = (0..len).map(|_| rng.range(-3.0, 700.0)).collect();
+        let plain = values
+            .iter()
+            .fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), &v| {
+                (lo.min(v), hi.max(v))
+            });
+        assert_eq!(finite_range(&values), Some(plain), "length {len}");
+        // A NaN or an infinity anywhere, in a whole chunk or the tail, is refused.
+        for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+            for at in [0, len / 2, len - 1] {
+                let mut spoiled = values.clone();
+                spoiled[at] = bad;
+                assert_eq!(finite_range(&spoiled), None, "{bad} at {at} of {len}");
+            }
+        }
+    }
+}
