@@ -62,6 +62,12 @@ build_wasm_flavour() {
   rm -rf "$out"
   wasm-bindgen --target web --no-typescript --out-dir "$out" \
     "$CARGO_TARGET_DIR/$WASM_TARGET/$profile/cxr.wasm"
+  # start() in src/web.rs runs the static constructors once. Without that call wasm-ld makes every
+  # export run all of them first, and the glue names such exports `*_command_export`.
+  if grep -q command_export "$out/cxr.js"; then
+    echo "the wasm's exports run the static constructors on every call: see start() in src/web.rs" >&2
+    return 1
+  fi
   local key cached
   key=$( (sha256sum "$out/cxr_bg.wasm"; node_modules/.bin/wasm-opt --version; echo "$opt_flags") | sha256sum | cut -c1-32)
   cached="$CARGO_TARGET_DIR/wasm-opt-cache/$key.wasm"
