@@ -68,22 +68,25 @@ build_wasm_flavour() {
     echo "the wasm's exports run the static constructors on every call: see start() in src/web.rs" >&2
     return 1
   fi
+  # -ocimfs: wasm-opt inlines a function with one caller into it, however large, by default. That
+  # made the page's call-once functions (classify's and init's bodies) 86-132 KB of wasm each,
+  # and one with a hot loop inlined is compiled by the browser to optimised code as a whole:
+  # 200-380 ms of compiling each, running when the page's first drop does (bench/RESULTS.md).
+  local args="-Oz --one-caller-inline-max-function-size=1000 --enable-simd --enable-bulk-memory
+    --enable-sign-ext --enable-mutable-globals --enable-nontrapping-float-to-int
+    --enable-reference-types --enable-multivalue $opt_flags"
   local key cached
-  key=$( (sha256sum "$out/cxr_bg.wasm"; node_modules/.bin/wasm-opt --version; echo "$opt_flags") | sha256sum | cut -c1-32)
+  # The cached output is keyed by the input, wasm-opt's version and every flag.
+  # shellcheck disable=SC2086 # $args is a list of flags
+  key=$( (sha256sum "$out/cxr_bg.wasm"; node_modules/.bin/wasm-opt --version; echo $args) | sha256sum | cut -c1-32)
   cached="$CARGO_TARGET_DIR/wasm-opt-cache/$key.wasm"
   if [ -f "$cached" ]; then
     log "optimised wasm ($name) unchanged (wasm-opt output reused)"
     cp "$cached" "$out/cxr_bg.wasm"
   else
     log "optimising the wasm ($name; wasm-opt -Oz)"
-    # -ocimfs: wasm-opt inlines a function with one caller into it, however large, by default. That
-    # made the page's call-once functions (classify's and init's bodies) 86-132 KB of wasm each,
-    # and one with a hot loop inlined is compiled by the browser to optimised code as a whole:
-    # 200-380 ms of compiling each, running when the page's first drop does (bench/RESULTS.md).
-    # shellcheck disable=SC2086 # $opt_flags is a list of flags
-    node_modules/.bin/wasm-opt -Oz --one-caller-inline-max-function-size=1000 --enable-simd --enable-bulk-memory --enable-sign-ext \
-      --enable-mutable-globals --enable-nontrapping-float-to-int --enable-reference-types \
-      --enable-multivalue $opt_flags "$out/cxr_bg.wasm" -o "$out/cxr_bg.wasm"
+    # shellcheck disable=SC2086 # $args is a list of flags
+    node_modules/.bin/wasm-opt $args "$out/cxr_bg.wasm" -o "$out/cxr_bg.wasm"
     mkdir -p "$(dirname "$cached")"
     find "$(dirname "$cached")" -name '*.wasm' -mtime +7 -delete
     cp "$out/cxr_bg.wasm" "$cached"
